@@ -1,0 +1,285 @@
+"""Tests for model.py. CPU only, float64 where exactness matters. Run: python -m pytest -q
+
+The reference below is written straight from P2's equations as a per-segment Python loop with
+explicit softmax, explicit RoPE and explicit memory reads/writes; the fast path (SDPA over folded
+segments, prefix-summed / scanned memory) must compute the same function on fresh random inputs.
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import Attention, Llama, LlamaConfig, make_config
+
+
+def cfg_for(**kw):
+    base = dict(vocab_size=97, n_layer=2, n_head=4, n_embd=32, ffn_hidden=64, segment=8)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def ref_rope(x, pos, theta):
+    """x (n, D) at positions pos (n,): dim i pairs with dim i + D/2 (rotate-half convention)."""
+    D = x.shape[-1]
+    out = torch.empty_like(x)
+    for i in range(D // 2):
+        ang = pos * theta ** (-2.0 * i / D)
+        c, s = torch.cos(ang), torch.sin(ang)
+        out[:, i] = x[:, i] * c - x[:, i + D // 2] * s
+        out[:, i + D // 2] = x[:, i + D // 2] * c + x[:, i] * s
+    return out
+
+
+def ref_attention(attn, x, memory=None):
+    """Infini / local attention of one layer, float64, one batch row, head and segment at a time.
+    memory: per (b, h) (M, z) or None (empty). Returns (y, memory after the last complete segment)."""
+    cfg = attn.cfg
+    B, T, C = x.shape
+    H, D, N = cfg.n_head, cfg.head_dim, cfg.segment
+    x = x.double()
+    qkv = x @ attn.wqkv.weight.double().t()
+    q, k, v = qkv.split(C, dim=-1)
+    sigma = lambda t: F.elu(t) + 1
+    out = torch.zeros(B, T, C, dtype=torch.float64)
+    new_mem = {}
+    for b in range(B):
+        for h in range(H):
+            hs = slice(h * D, (h + 1) * D)
+            if memory is None:
+                M, z = torch.zeros(D, D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64)
+            else:
+                M, z = (t[b, h].double() for t in memory)
+            for s0 in range(0, T, N):
+                Q, K, V = (t[b, s0:s0 + N, hs] for t in (q, k, v))
+                n = Q.shape[0]
+                pos = torch.arange(n, dtype=torch.float64)               # positions restart per segment
+                Qr, Kr = ref_rope(Q, pos, cfg.rope_theta), ref_rope(K, pos, cfg.rope_theta)
+                scores = Qr @ Kr.t() / math.sqrt(D)
+                scores = scores.masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+                A_dot = torch.softmax(scores, dim=-1) @ V
+                if cfg.attn == "local":
+                    out[b, s0:s0 + n, hs] = A_dot
+                    continue
+                sQ, sK = sigma(Q), sigma(K)                              # before RoPE
+                empty = bool((z == 0).all())
+                # eq. 7: retrieve with M_{s-1}; an empty memory reads zeros
+                A_mem = torch.zeros(n, D, dtype=torch.float64) if empty else (sQ @ M) / (sQ @ z)[:, None]
+                beta = attn.beta[h].double()
+                g = torch.clamp(0.2 * beta + 0.5, 0, 1) if cfg.gate == "hard_sigmoid" else torch.sigmoid(beta)
+                out[b, s0:s0 + n, hs] = g * A_mem + (1 - g) * A_dot       # eq. 10
+                if n < N:
+                    break                                                # a partial segment updates nothing we return
+                if cfg.update == "linear":                               # eq. 8
+                    M = M + sK.t() @ V
+                else:                                                    # eq. 9
+                    V_old = torch.zeros(n, D, dtype=torch.float64) if empty else (sK @ M) / (sK @ z)[:, None]
+                    M = M + sK.t() @ (V - V_old)
+                z = z + sK.sum(0)
+            new_mem[b, h] = (M, z)
+    y = out @ attn.wo.weight.double().t()
+    if cfg.attn == "local":
+        return y, None
+    Ms = torch.stack([torch.stack([new_mem[b, h][0] for h in range(H)]) for b in range(B)])
+    zs = torch.stack([torch.stack([new_mem[b, h][1] for h in range(H)]) for b in range(B)])
+    return y, (Ms, zs)
+
+
+def fast_attention(attn, x, memory=None):
+    """The model's Attention.forward with the cos/sin tables Llama.forward would pass."""
+    from model import rope_cos_sin
+    cfg = attn.cfg
+    cos, sin = rope_cos_sin(cfg.segment, cfg.head_dim, cfg.rope_theta, x.device, x.dtype)
+    return attn(x, cos, sin, memory)
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def random_infini_layer(**kw):
+    attn = Attention(cfg_for(attn="infini", **kw)).double()
+    with torch.no_grad():
+        attn.beta.copy_(torch.randn_like(attn.beta) * 2)                 # gates away from 0.5, some saturated
+    return attn
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("gate", ["hard_sigmoid", "sigmoid"])
+@pytest.mark.parametrize("T", [32, 29, 5])                             # a multiple of the segment, not, shorter
+def test_fast_path_matches_float64_reference(update, gate, T):
+    torch.manual_seed(hash((update, gate, T)) % 2**31)
+    attn = random_infini_layer(update=update, gate=gate)
+    x = torch.randn(3, T, 32, dtype=torch.float64)
+    y, mem = fast_attention(attn, x)
+    y_ref, mem_ref = ref_attention(attn, x)
+    assert rel_err(y, y_ref) < 1e-6
+    if T >= 8:
+        assert rel_err(mem[0], mem_ref[0]) < 1e-6 and rel_err(mem[1], mem_ref[1]) < 1e-6
+    # with a memory carried in from earlier segments (the streaming case)
+    x2 = torch.randn(3, T, 32, dtype=torch.float64)
+    if T >= 8:
+        y2, _ = fast_attention(attn, x2, mem)
+        y2_ref, _ = ref_attention(attn, x2, mem_ref)
+        assert rel_err(y2, y2_ref) < 1e-6
+
+
+def test_local_matches_reference():
+    torch.manual_seed(1)
+    attn = Attention(cfg_for(attn="local")).double()
+    x = torch.randn(2, 27, 32, dtype=torch.float64)
+    assert rel_err(fast_attention(attn, x)[0], ref_attention(attn, x)[0]) < 1e-6
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_bf16_autocast_close_to_reference(update):
+    # bf16 matmuls (8 mantissa bits) in the projections and local attention; the memory itself runs in
+    # fp32 inside an autocast-disabled region. Stated tolerance: 3% relative error on the layer output.
+    torch.manual_seed(2)
+    attn = random_infini_layer(update=update).float()
+    x = torch.randn(2, 40, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = fast_attention(attn, x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert rel_err(y.double(), ref_attention(attn.double(), x.double())[0]) < 3e-2
+
+
+def tiny_model(attn, update="delta", **kw):
+    torch.manual_seed(0)
+    m = Llama(cfg_for(attn=attn, update=update, **kw)).double()
+    for b in m.blocks:
+        if attn == "infini":
+            with torch.no_grad():
+                b.attn.beta.normal_(0, 1.0)
+    return m.eval()
+
+
+@pytest.mark.parametrize("attn", ["infini", "local", "full"])
+def test_causal(attn):
+    m = tiny_model(attn)
+    idx = torch.randint(0, 97, (2, 30))
+    logits = m(idx)[0]
+    for t in [0, 7, 8, 20, 29]:
+        idx2 = idx.clone()
+        idx2[:, t] = (idx2[:, t] + 1) % 97
+        logits2 = m(idx2)[0]
+        assert torch.equal(logits[:, :t], logits2[:, :t]), f"position {t} leaked backwards"
+        assert not torch.allclose(logits[:, t], logits2[:, t])
+
+
+@pytest.mark.parametrize("attn,sees_past", [("local", False), ("infini", True), ("full", True)])
+def test_only_local_ignores_earlier_segments(attn, sees_past):
+    m = tiny_model(attn)
+    idx = torch.randint(0, 97, (1, 24))
+    idx2 = idx.clone()
+    idx2[0, 3] = (idx2[0, 3] + 1) % 97                              # change a token in segment 0
+    later = slice(8, 24)                                            # segments 1 and 2
+    changed = not torch.allclose(m(idx)[0][:, later], m(idx2)[0][:, later], rtol=0, atol=1e-12)
+    assert changed == sees_past
+
+
+@pytest.mark.parametrize("attn", ["infini", "local", "full"])
+def test_batch_rows_isolated_and_no_state_leaks(attn):
+    m = tiny_model(attn)
+    idx = torch.randint(0, 97, (3, 21))
+    ref = m(idx[:1])[0]
+    idx2 = idx.clone()
+    idx2[1:] = torch.randint(0, 97, (2, 21))
+    out = m(idx2)[0]
+    assert torch.allclose(out[:1], ref, rtol=0, atol=1e-12)          # other rows do not leak into row 0
+    assert torch.equal(m(idx[:1])[0], ref)                            # no memory kept between calls
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_streaming_equals_one_call(update):
+    m = tiny_model("infini", update)
+    idx = torch.randint(0, 97, (2, 45))                              # 5 full segments + 5 tokens
+    full_logits, _, full_mem = m(idx)
+    chunks, mem, outs = [16, 8, 16, 5], None, []
+    pos = 0
+    for n in chunks:
+        logits, _, mem = m(idx[:, pos:pos + n], memory=mem)
+        outs.append(logits)
+        pos += n
+    assert rel_err(torch.cat(outs, 1), full_logits) < 1e-10
+    for (M1, z1), (M2, z2) in zip(mem, full_mem):
+        assert rel_err(M1, M2) < 1e-10 and rel_err(z1, z2) < 1e-10
+    # last_only returns the last position's logits of the same computation
+    assert rel_err(m(idx, last_only=True)[0][:, -1], full_logits[:, -1]) < 1e-12
+
+
+@pytest.mark.parametrize("attn", ["infini", "local"])
+def test_gradients_through_memory_path(attn):
+    # segment 1's input is zero, so segment 1's local attention reads v = 0: its output can depend on
+    # segment 0 (and on the K/V weights through segment 0's tokens) only through the memory.
+    torch.manual_seed(3)
+    layer = Attention(cfg_for(attn=attn)).double()
+    x = torch.randn(2, 16, 32, dtype=torch.float64)
+    x[:, 8:] = 0
+    x.requires_grad_(True)
+    y, _ = fast_attention(layer, x)
+    y[:, 8:].pow(2).sum().backward()
+    gk = layer.wqkv.weight.grad[32:64].norm().item()                  # K rows
+    gv = layer.wqkv.weight.grad[64:96].norm().item()                  # V rows
+    gx = x.grad[:, :8].norm().item()
+    if attn == "infini":
+        assert gk > 0 and gv > 0 and gx > 0 and layer.beta.grad.abs().sum() > 0
+    else:
+        assert gk == 0 and gv == 0 and gx == 0
+
+
+def test_beta_gets_gradient_in_full_model_and_gates_read():
+    m = tiny_model("infini")
+    idx = torch.randint(0, 97, (2, 24))
+    m(idx, targets=idx)[1].backward()
+    for b in m.blocks:
+        assert b.attn.beta.grad is not None and b.attn.beta.grad.abs().sum() > 0
+    g = m.gates()
+    assert g.shape == (2, 4) and ((g >= 0) & (g <= 1)).all()
+    fresh = Llama(cfg_for(attn="infini"))
+    assert torch.equal(fresh.gates(), torch.full((2, 4), 0.5))         # beta = 0 -> gate 0.5 (P1)
+    assert Llama(cfg_for(attn="full")).gates() is None
+
+
+def test_300m_parameter_count():
+    with torch.device("meta"):
+        m = Llama(make_config("300m"))
+    # 2 x 50304 x 1024 (embedding + untied head) + 12 x (4 x 1024^2 + 3 x 1024 x 4096 + 2 x 1024 + 8) + 1024
+    assert m.num_params(non_embedding=False) == 304_374_880
+    assert m.num_params() == 304_374_880 - 50304 * 1024
+
+
+def test_optimizer_groups():
+    m = Llama(cfg_for(attn="infini"))
+    opt = m.configure_optimizers(lr=6e-5, weight_decay=0.1, beta_lr=0.01)
+    by_lr = {(g["base_lr"], g["weight_decay"]): g["params"] for g in opt.param_groups}
+    assert {id(p) for p in by_lr[(0.01, 0.0)]} == {id(b.attn.beta) for b in m.blocks}
+    assert all(p.dim() >= 2 for p in by_lr[(6e-5, 0.1)])
+    assert all(p.dim() == 1 for p in by_lr[(6e-5, 0.0)])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))
+
+
+def test_init_scales_output_projections():
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(vocab_size=64, n_layer=4, n_head=4, n_embd=256, ffn_hidden=512, segment=8))
+    assert abs(m.blocks[0].attn.wqkv.weight.std().item() - 0.02) < 2e-3
+    assert abs(m.blocks[0].attn.wo.weight.std().item() - 0.02 / math.sqrt(8)) < 1e-3
+    assert abs(m.blocks[0].mlp.w2.weight.std().item() - 0.02 / math.sqrt(8)) < 1e-3
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(attn="sparse"), "attn must be"),
+    (dict(update="hebbian"), "update must be"),
+    (dict(gate="tanh"), "gate must be"),
+    (dict(n_embd=30, n_head=4), "divisible by n_head"),
+    (dict(segment=0), "segment must be a positive"),
+    (dict(segment=-8), "segment must be a positive"),
+])
+def test_bad_config_raises(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        cfg_for(**kw)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        make_config("7b")
