@@ -1,0 +1,273 @@
+"""
+Passkey retrieval: the needle-in-a-haystack sample generator (also used by finetune.py) and the
+zero-shot / fine-tuned evaluation of a checkpoint over a grid of prompt lengths x needle depths.
+
+    python passkey.py --ckpt=out/ckpt.pt --lengths 1024 2048 4096 8192 16384 32768 \
+        --depths 0 25 50 75 100 --samples 10 --seed 0 --out passkey.json
+    python passkey.py --random_init --model tiny --attn infini --lengths 256 1024 --device cpu   # smoke test
+
+A sample is P2's template (App. B): intro, filler sentences, the needle
+"The pass key is {k}. Remember it. {k} is the pass key." at a depth, more filler, then
+"What is the pass key? The pass key is" and the answer " {k}.". Scoring follows P1/HFB: greedy
+decoding, correct if the key appears anywhere in the generated text; an exact-match column is kept too.
+
+Infini and local models read the prompt in streaming mode (chunks of whole segments, memory carried
+between calls), so GPU memory stays flat in the prompt length; full attention reads it in one call.
+"""
+import argparse
+import hashlib
+import json
+import random
+import re
+import time
+
+import torch
+
+# the template, word for word from P2 App. B. Every piece after the intro starts with a space, so the
+# concatenated token lists are exactly what the tokenizer would make of the concatenated text.
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+         "I will quiz you about the important information there.")
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = " The pass key is {k}. Remember it. {k} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+ANSWER = " {k}."
+
+# -----------------------------------------------------------------------------
+# keys: a fixed split of the key space, so fine-tuning never sees an evaluation key
+
+def is_eval_key(k):
+    """True for the ~10% of keys reserved for evaluation. A hash (not Python's salted hash()) of the
+    decimal string: the same split on every machine and run, independent of any seed."""
+    return hashlib.sha256(str(int(k)).encode()).digest()[0] % 10 == 0
+
+
+def _randint(rng, lo, hi):
+    """Uniform integer in [lo, hi] from a random.Random or a numpy Generator."""
+    return int(rng.integers(lo, hi + 1)) if hasattr(rng, "integers") else rng.randint(lo, hi)
+
+
+def random_key(rng, digits=(4, 5, 6), eval=False):
+    """A key with a number of digits drawn from `digits`, from the eval side of the split if eval,
+    else from the fine-tuning side (rejection sampling: ~10 draws for eval, ~1 otherwise)."""
+    while True:
+        n = digits[_randint(rng, 0, len(digits) - 1)]
+        k = _randint(rng, 10 ** (n - 1), 10 ** n - 1)
+        if is_eval_key(k) == eval:
+            return k
+
+# -----------------------------------------------------------------------------
+# the sample generator
+
+def make_sample(enc, length, depth, key, filler="p2", filler_ids=None, rng=None, intro=True):
+    """One passkey sample of exactly `length` tokens -> (ids, answer_start).
+
+    ids[:answer_start] is the prompt (ending "... The pass key is"), ids[answer_start:] the answer " {k}.".
+    depth in [0, 1] is the fraction of the filler placed before the needle: 0 = the needle opens the
+    context (right after the intro), 1 = it ends it (right before the question). With filler="p2" the
+    needle is moved to the nearest sentence end (a few tokens at most); filler="tokens" takes a random
+    window of real text from `filler_ids` (a token array, e.g. a memmapped shard) using rng
+    (random.Random or numpy Generator). The key's tokens are the same in the needle and the answer
+    (the pieces are encoded separately around " {k}", a pretokenizer unit of its own).
+    """
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    k = str(int(key))
+    key_ids = enc.encode(" " + k)
+    head = enc.encode(INTRO) if intro else []
+    before_key, middle, after_key = NEEDLE.split("{k}")     # " The pass key is", ". Remember it.", " is the pass key."
+    needle = enc.encode(before_key) + key_ids + enc.encode(middle) + key_ids + enc.encode(after_key)
+    question = enc.encode(QUESTION)
+    answer = key_ids + enc.encode(".")
+    n_fill = length - len(head) - len(needle) - len(question) - len(answer)
+    if n_fill < 0:
+        raise ValueError(f"length {length} is too short for the template ({length - n_fill} tokens without filler)")
+
+    if filler == "p2":
+        sentence = enc.encode(FILLER)
+        stream = (sentence * (n_fill // len(sentence) + 1))[:n_fill]
+        dot = enc.encode(".")[-1]
+        ends = lambda c: 0 <= c <= n_fill and (c == 0 or stream[c - 1] == dot)   # c = a sentence boundary
+        cut = round(depth * n_fill)
+        cut = next((c for d in range(len(sentence) + 1) for c in (cut - d, cut + d) if ends(c)), cut)
+    elif filler == "tokens":
+        if filler_ids is None or rng is None:
+            raise ValueError("filler='tokens' needs filler_ids (a token array) and rng")
+        if len(filler_ids) < n_fill:
+            raise ValueError(f"filler_ids holds {len(filler_ids)} tokens, the sample needs {n_fill}")
+        start = _randint(rng, 0, len(filler_ids) - n_fill)
+        window = filler_ids[start:start + n_fill]
+        stream = window.tolist() if hasattr(window, "tolist") else list(window)
+        cut = round(depth * n_fill)
+    else:
+        raise ValueError(f"filler must be 'p2' or 'tokens', got {filler!r}")
+
+    prompt = head + stream[:cut] + needle + stream[cut:] + question
+    return prompt + answer, len(prompt)
+
+# -----------------------------------------------------------------------------
+# scoring
+
+def score(generated_text, key):
+    """(contains, exact) for the decoded continuation of the prompt.
+    contains: the study's rule (P1, HFB): the key's digits appear anywhere ("key 90541" counts for 9054).
+    exact: the continuation, leading whitespace stripped, starts with a run of digits equal to the key,
+    i.e. the next character is not a digit: " 9054." and "9054 is" pass, "90541", "09054", "key 9054" fail."""
+    k = str(int(key))
+    m = re.match(r"\s*(\d+)", generated_text)
+    return k in generated_text, bool(m) and m.group(1) == k
+
+# -----------------------------------------------------------------------------
+# reading a prompt and decoding greedily
+
+@torch.no_grad()
+def greedy_continue(model, prompt, new_tokens, chunk=None):
+    """prompt (B, P) token ids -> (B, new_tokens) greedy continuation.
+
+    full: one call over the whole prompt. infini: the prompt minus a tail of 1..segment tokens is
+    streamed in chunks of `chunk` tokens (a multiple of the segment), the per-layer memory carried
+    from chunk to chunk; the tail then starts on a segment boundary and is decoded with that memory.
+    local: the same tail with no memory, which is exact, since local attention never looks past its
+    own segment. Activation memory is then flat in P: at most a chunk (or tail + new tokens) at a time.
+    """
+    cfg = model.cfg
+    if cfg.attn == "full":
+        return model.generate(prompt, new_tokens)[:, prompt.size(1):]
+    N = cfg.segment
+    chunk = chunk or 8 * N
+    if chunk % N:
+        raise ValueError(f"chunk ({chunk}) must be a multiple of the segment ({N})")
+    P = prompt.size(1)
+    n_head = (P - 1) // N * N        # whole segments before the tail (the tail is never empty)
+    memory = None
+    if cfg.attn == "infini":
+        for s in range(0, n_head, chunk):
+            # last_only: the logits of the streamed part are never used, and full logits of a chunk
+            # (chunk x 50304 floats) would cost more memory than the whole model
+            _, _, memory = model(prompt[:, s:min(s + chunk, n_head)], memory=memory, last_only=True)
+    tail = prompt[:, n_head:]
+    return model.generate(tail, new_tokens, memory=memory)[:, tail.size(1):]
+
+# -----------------------------------------------------------------------------
+# the evaluation grid
+
+def load_model(args, device):
+    """(model, label) from --ckpt, or a randomly initialised preset with --random_init."""
+    from model import Llama, LlamaConfig, make_config
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        cfg, label = make_config(args.model, attn=args.attn, segment=args.segment), f"random_init:{args.model}"
+        model = Llama(cfg)
+    else:
+        from train import load_checkpoint
+        ckpt = load_checkpoint(args.ckpt)
+        model = Llama(LlamaConfig(**ckpt["config"]))
+        # accept a state_dict saved from a torch.compile'd module too
+        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+        label = args.ckpt
+    return model.to(device).eval(), label
+
+
+def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=None, batch_size=8,
+             device="cpu", progress=True):
+    """Accuracy grid over lengths x depths (depths in percent). Returns the JSON-ready result dict.
+    Sample (length, depth, i) draws its key from random.Random(f"{seed}-{length}-{depth}-{i}"): the
+    prompts are reproducible, and a cell does not change when other lengths or depths are added.
+    A cell whose forward pass runs out of GPU memory is recorded as "oom" (accuracy None)."""
+    from tqdm import tqdm
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") \
+        else torch.autocast("cpu", enabled=False)
+    records, acc, exact = [], [], []
+    bar = tqdm(total=len(lengths) * len(depths) * samples, disable=not progress, desc="passkey")
+    for L in lengths:
+        acc.append([])
+        exact.append([])
+        for d in depths:
+            cell = []
+            for i in range(samples):
+                key = random_key(random.Random(f"{seed}-{L}-{d}-{i}"), eval=True)
+                ids, a = make_sample(enc, L, d / 100, key)
+                cell.append(dict(length=L, depth=d, key=key, prompt=ids[:a]))
+            # batch samples of equal prompt length (keys of different token counts make them differ)
+            groups = {}
+            for r in cell:
+                groups.setdefault(len(r["prompt"]), []).append(r)
+            oom = False
+            for group in groups.values():
+                for b in range(0, len(group), batch_size):
+                    rows = group[b:b + batch_size]
+                    if not oom:
+                        try:
+                            with autocast:
+                                x = torch.tensor([r["prompt"] for r in rows], dtype=torch.long, device=device)
+                                out = greedy_continue(model, x, new_tokens, chunk).tolist()
+                        except torch.cuda.OutOfMemoryError:
+                            oom = True
+                            x = out = None
+                            if torch.cuda.is_available():
+                                torch.cuda.empty_cache()
+                    for j, r in enumerate(rows):
+                        text = None if oom else enc.decode(out[j])
+                        ok, ex = (None, None) if oom else score(text, r["key"])
+                        r.update(generated=text, correct=ok, exact=ex)
+                    bar.update(len(rows))
+            for r in cell:
+                del r["prompt"]
+            records += cell
+            acc[-1].append(None if oom else sum(r["correct"] for r in cell) / samples)
+            exact[-1].append(None if oom else sum(r["exact"] for r in cell) / samples)
+    bar.close()
+    cfg = model.cfg
+    return dict(attn=cfg.attn, segment=cfg.segment, lengths=list(lengths), depths=list(depths),
+                accuracy=acc, exact=exact, samples=samples, seed=seed, new_tokens=new_tokens, records=records)
+
+
+def format_table(result, key="accuracy"):
+    """The grid as text: one row per length, one column per depth, plus the row mean."""
+    fmt = lambda v: "  oom" if v is None else f"{v:5.2f}"
+    lines = [f"{key} ({result['attn']}), rows: length, columns: depth %",
+             f"{'length':>8} " + " ".join(f"{d:>5}" for d in result["depths"]) + "   mean"]
+    for L, row in zip(result["lengths"], result[key]):
+        vals = [v for v in row if v is not None]
+        mean = sum(vals) / len(vals) if vals else None
+        lines.append(f"{L:>8} " + " ".join(fmt(v) for v in row) + "  " + fmt(mean))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", help="checkpoint written by train.py / finetune.py")
+    p.add_argument("--random_init", action="store_true", help="no checkpoint: a random model (smoke test)")
+    p.add_argument("--model", default="tiny", help="preset for --random_init")
+    p.add_argument("--attn", default="infini", help="attention for --random_init: infini | local | full")
+    p.add_argument("--segment", type=int, default=None, help="segment for --random_init (default: the preset's)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--depths", type=int, nargs="+", default=[0, 25, 50, 75, 100], help="needle depths in percent")
+    p.add_argument("--samples", type=int, default=10, help="samples (keys) per cell")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--new_tokens", type=int, default=8, help="greedy tokens generated after the prompt")
+    p.add_argument("--chunk", type=int, default=None, help="streaming chunk in tokens (default 8 segments)")
+    p.add_argument("--batch_size", type=int, default=8, help="prompts of one cell decoded together")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default="passkey.json")
+    args = p.parse_args(argv)
+    if not args.random_init and not args.ckpt:
+        p.error("give --ckpt PATH, or --random_init for a smoke test")
+    if any(not 0 <= d <= 100 for d in args.depths):
+        p.error("--depths are percentages in [0, 100]")
+
+    from prepare_fineweb import gpt2_encoding
+    enc = gpt2_encoding()
+    model, label = load_model(args, args.device)
+    t0 = time.time()
+    result = evaluate(model, enc, args.lengths, args.depths, args.samples, seed=args.seed,
+                      new_tokens=args.new_tokens, chunk=args.chunk, batch_size=args.batch_size, device=args.device)
+    result = dict(checkpoint=label, seconds=round(time.time() - t0, 1), **result)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(format_table(result))
+    print(format_table(result, "exact"))
+    print(f"wrote {args.out} ({result['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()
