@@ -1,7 +1,49 @@
-"""train.py (work in progress): checkpoint I/O shared by train.py, finetune.py and passkey.py."""
-import os
-import torch
+"""
+Pretrain Infini-LLaMA (or the segment-local / full-attention baselines) on token shards.
 
+One GPU, the study's Infini recipe (P1: 300M model, 8192 tokens = 8 segments of 1024, batch 4, 30k steps,
+lr 6e-5 -> 6e-6 cosine after 500 warmup steps, gate parameters beta at lr 0.01 without weight decay):
+    python prepare_fineweb.py            # once: FineWeb sample-10BT -> data/fineweb10B/*.bin
+    python train.py --segment=1024
+Several GPUs of one node: the same global batch, --grad_accum is split across the GPUs:
+    torchrun --standalone --nproc_per_node=4 train.py --batch_size=1 --grad_accum=4
+The baselines. P1 trained its baseline at lr 1.2e-4 (at 6e-5 it failed to train), so pass it:
+    python train.py --attn=local --lr=1.2e-4 --min_lr=1.2e-5 --out_dir=out/local
+    python train.py --attn=full  --lr=1.2e-4 --min_lr=1.2e-5 --out_dir=out/full
+On a laptop (CPU):
+    python train.py --model=tiny --device=cpu --compile=0 --seq_len=256 --segment=64 --steps=200 --eval_tokens=16384
+Resume after a crash or a job time limit: the same command plus --resume=1 (exact: the data order is a
+function of (seed, step)). --halt_at=N stops cleanly after N steps, to split a run across jobs.
+
+Batch arithmetic: one optimizer step sees batch_size * grad_accum sequences of seq_len tokens (study:
+4 x 8192 = 32,768 tokens), whatever the number of GPUs; each GPU runs grad_accum / world_size micro-batches.
+
+out_dir/log.jsonl, one JSON object per line: a header {"config", "args", "torch", "gpu", ...} per (re)start;
+train rows {"step", "loss", "lr", "grad_norm", "tok_s", "mfu", "gates"} where loss is the mean over the steps
+since the previous row and gates[layer][head] is the memory weight; validation rows {"step", "val_loss"}.
+out_dir/ckpt.pt: see save_checkpoint / load_checkpoint; passkey.py and finetune.py read it.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import namedtuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import Llama, make_config
+from prepare_fineweb import find_shards, load_shard
+
+# -----------------------------------------------------------------------------
+# checkpoint I/O, shared by train.py, finetune.py and passkey.py
 
 def save_checkpoint(path, state):
     """Atomic: write path.tmp, fsync, rename. A crash mid-write never leaves a half file at path."""
@@ -15,7 +57,8 @@ def save_checkpoint(path, state):
 
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict, or SystemExit with one line naming the file if it is missing or corrupt.
-    Format: {"model": state_dict of an uncompiled Llama, "config": dataclasses.asdict(LlamaConfig), ...}."""
+    Format: {"model": state_dict of an uncompiled Llama, "config": dataclasses.asdict(LlamaConfig),
+    "optimizer", "step" (optimizer steps done), "args", "rng"}."""
     if not os.path.isfile(path):
         raise SystemExit(f"error: checkpoint {path} does not exist")
     try:
@@ -25,3 +68,403 @@ def load_checkpoint(path, map_location="cpu"):
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise SystemExit(f"error: {path} is not a checkpoint of this project (no 'model'/'config')")
     return ckpt
+
+# -----------------------------------------------------------------------------
+# flags
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass  # keep the docstring's line breaks and show every default in --help
+
+
+def get_parser(description=__doc__):
+    """The flags shared by train.py and finetune.py (finetune changes defaults and adds its own)."""
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    a = p.add_argument
+    # model (presets in model.py; None = the preset's value)
+    a("--model", default="300m", help="size preset: 300m (P1), small, tiny")
+    a("--vocab_size", type=int, default=None, help="override the preset's 50304 (GPT-2 padded); tokens must be below it")
+    a("--attn", default="infini", help="infini | local (P1's baseline: no memory) | full")
+    a("--update", default="delta", help="memory update: delta (P2 eq. 9, P1) | linear (eq. 8)")
+    a("--gate", default="hard_sigmoid", help="hard_sigmoid (P1) | sigmoid (P2)")
+    a("--segment", type=int, default=1024, help="segment length N for infini/local")
+    # data and batch
+    a("--data_dir", default="data/fineweb10B", help="folder of *_train_*.bin / *_val_*.bin shards (prepare_fineweb.py)")
+    a("--seq_len", type=int, default=8192, help="tokens per training sequence (a multiple of --segment)")
+    a("--batch_size", type=int, default=4, help="sequences per micro-batch per GPU")
+    a("--grad_accum", type=int, default=1, help="micro-batches per optimizer step, in total over all GPUs")
+    # optimizer and schedule (P1)
+    a("--steps", type=int, default=30000, help="optimizer steps")
+    a("--lr", type=float, default=6e-5, help="peak LR (P1: 6e-5 for Infini, 1.2e-4 for the baseline)")
+    a("--min_lr", type=float, default=6e-6, help="LR at the end of the cosine; every group decays by min_lr/lr")
+    a("--warmup", type=int, default=500, help="linear warmup steps")
+    a("--beta_lr", type=float, default=0.01, help="peak LR of the gate parameters beta (no weight decay)")
+    a("--weight_decay", type=float, default=0.1)
+    a("--grad_clip", type=float, default=1.0, help="max global grad norm (0 = off)")
+    # system
+    a("--device", default="cuda" if cuda else "cpu", help="cuda | cpu (torchrun: each rank uses cuda:LOCAL_RANK)")
+    a("--dtype", default="bfloat16" if cuda else "float32", help="autocast dtype: bfloat16 | float32")
+    a("--compile", type=int, default=1, choices=(0, 1), help="torch.compile each block")
+    a("--seed", type=int, default=1337, help="model init and data order")
+    # logging, evaluation, checkpoints
+    a("--out_dir", default="out", help="log.jsonl and ckpt.pt go here")
+    a("--log_every", type=int, default=10, help="steps between log rows (the only host syncs)")
+    a("--eval_every", type=int, default=500, help="steps between validation losses (0 = only at the end)")
+    a("--eval_tokens", type=int, default=2**20, help="validation tokens: the first ones of the val shard, always the same")
+    a("--ckpt_every", type=int, default=1000, help="steps between checkpoints (always one at the end)")
+    a("--resume", type=int, default=0, choices=(0, 1), help="1 = continue from out_dir/ckpt.pt")
+    a("--halt_at", type=int, default=0, help="stop after this many steps with a checkpoint (0 = run to --steps)")
+    return p
+
+
+def check_args(args):
+    """One line per mistake, before anything expensive starts."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if min(args.seq_len, args.batch_size, args.grad_accum, args.steps, args.log_every, args.ckpt_every) <= 0:
+        raise SystemExit("error: --seq_len, --batch_size, --grad_accum, --steps, --log_every, --ckpt_every must be positive")
+    if args.grad_accum % world:
+        raise SystemExit(f"error: --grad_accum ({args.grad_accum}) must be a multiple of the number of processes ({world}); "
+                         f"e.g. --grad_accum={world} --batch_size={max(1, args.batch_size // world)}")
+    if args.attn != "full" and args.seq_len % args.segment:
+        raise SystemExit(f"error: --seq_len ({args.seq_len}) must be a multiple of --segment ({args.segment}): the model "
+                         "accepts a short last segment, but the study's recipe trains on whole segments")
+    if args.dtype not in ("bfloat16", "float32"):
+        raise SystemExit(f"error: --dtype must be bfloat16 or float32, got {args.dtype!r}")
+    if not 0 < args.min_lr <= args.lr:
+        raise SystemExit(f"error: --min_lr ({args.min_lr}) must be in (0, --lr ({args.lr})]")
+
+
+def build_config(model, **overrides):
+    """make_config, with its ValueError turned into one line."""
+    try:
+        return make_config(model, **overrides)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e}")
+
+# -----------------------------------------------------------------------------
+# distributed setup
+
+Ctx = namedtuple("Ctx", "rank world device master")
+
+
+def setup_distributed(device):
+    """Under torchrun (RANK set) join the process group, nccl on CUDA and gloo on CPU, each process on the
+    GPU of its LOCAL_RANK; otherwise a single process. TF32 on: free speed for any fp32 matmul left."""
+    if "RANK" in os.environ:
+        rank, local, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
+        if device.startswith("cuda"):
+            device = f"cuda:{local}"
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    else:
+        rank, world = 0, 1
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Ctx(rank, world, device, rank == 0)
+
+
+def teardown_distributed():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+# -----------------------------------------------------------------------------
+# data
+
+class TokenData:
+    """The train shards cut into non-overlapping windows of seq_len + 1 tokens: input tokens plus next-token
+    targets (a window's last target is the next window's first input, so every token is trained on).
+    The window order is a seeded permutation per epoch, so the batch of any step is a pure function of
+    (seed, step): resuming needs no loader state and every rank can compute its own part."""
+
+    def __init__(self, data_dir, seq_len, seed):
+        train, val = find_shards(data_dir, "train"), find_shards(data_dir, "val")
+        if not train or not val:
+            raise SystemExit(f"error: no token shards (*_train_*.bin and *_val_*.bin) in {data_dir}; run "
+                             "prepare_fineweb.py first, or pass --data_dir=<folder with shards>")
+        self.shards = [load_shard(p) for p in train]
+        self.val = load_shard(val[0])
+        self.seq_len, self.seed = seq_len, seed
+        self.cum = np.cumsum([0] + [max(0, len(s) - 1) // seq_len for s in self.shards])  # windows per shard
+        self.n = int(self.cum[-1])
+        if self.n == 0:
+            raise SystemExit(f"error: the train shards in {data_dir} hold fewer than --seq_len+1 ({seq_len + 1}) tokens")
+        self._perm = (None, None)
+
+    def window(self, w):
+        i = int(np.searchsorted(self.cum, w, side="right")) - 1
+        off = (w - int(self.cum[i])) * self.seq_len
+        return self.shards[i][off:off + self.seq_len + 1]
+
+    def window_ids(self, start, count):
+        """Window ids of global samples start .. start+count-1; sample g is in epoch g // n."""
+        ids = []
+        for g in range(start, start + count):
+            epoch, pos = divmod(g, self.n)
+            if self._perm[0] != epoch:  # one permutation per epoch, cached
+                self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+            ids.append(int(self._perm[1][pos]))
+        return ids
+
+    def batch(self, step, micro, batch_size, grad_accum):
+        """(x, y) int64 (batch_size, seq_len) of global micro-batch `micro` (0 .. grad_accum-1) of `step`."""
+        start = (step * grad_accum + micro) * batch_size
+        rows = np.stack([self.window(w) for w in self.window_ids(start, batch_size)]).astype(np.int64)
+        return torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+
+    def val_batches(self, eval_tokens, batch_size, rank, world):
+        """This rank's share of the fixed validation set: the first eval_tokens tokens of the val shard.
+        The count is rounded down to whole batches on every rank, so compiled blocks never see a new shape."""
+        n = min(eval_tokens, len(self.val) - 1) // self.seq_len
+        if n == 0:
+            raise SystemExit(f"error: the val shard holds fewer than --seq_len+1 ({self.seq_len + 1}) tokens")
+        if n >= batch_size * world:
+            n -= n % (batch_size * world)
+        L = self.seq_len
+        mine = list(range(rank, n, world))
+        for i in range(0, len(mine), batch_size):
+            rows = np.stack([self.val[s * L: s * L + L + 1] for s in mine[i:i + batch_size]]).astype(np.int64)
+            yield torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+
+# -----------------------------------------------------------------------------
+# schedule, speed accounting, logging
+
+def lr_multiplier(step, warmup, total, min_ratio):
+    """Linear warmup over `warmup` steps, then cosine from 1 to min_ratio at step `total` (P1: 500 steps,
+    6e-5 -> 6e-6). The trainer sets every param group's lr = base_lr * this, the beta group included."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+# dense bf16 tensor-core peak per GPU (no sparsity); unknown GPUs and CPUs get no MFU
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def peak_flops(device, dtype):
+    if device.type != "cuda" or dtype != "bfloat16":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class Log:
+    """Console + out_dir/log.jsonl, rank 0 only. On resume the rows from the resumed step on are
+    dropped (they are about to be redone), so the log reads as one uninterrupted run."""
+
+    def __init__(self, out_dir, master, start_step):
+        self.master, self.path = master, os.path.join(out_dir, "log.jsonl")
+        if master:
+            rows = []
+            if start_step > 0 and os.path.exists(self.path):
+                with open(self.path) as f:
+                    rows = [r for r in f if r.strip() and json.loads(r).get("step", -1) < start_step]
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(rows)
+            os.replace(self.path + ".tmp", self.path)
+
+    def row(self, text=None, **fields):
+        if not self.master:
+            return
+        if text:
+            print(text, flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(fields) + "\n")
+
+
+def rng_state():
+    return dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+    if s.get("cuda") is not None and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+# -----------------------------------------------------------------------------
+# the training loop (finetune.py runs the same one)
+
+@torch.no_grad()
+def evaluate(model, batches, ctx, autocast):
+    """Mean loss over this rank's batches, averaged over all ranks (weighted by sequence count)."""
+    model.eval()
+    tot = torch.zeros(2, device=ctx.device, dtype=torch.float64)
+    for x, y in batches:
+        with autocast:
+            _, loss, _ = model(x.to(ctx.device), y.to(ctx.device))
+        tot += torch.stack([loss.double() * len(x), torch.tensor(float(len(x)), device=ctx.device, dtype=torch.float64)])
+    if ctx.world > 1:
+        dist.all_reduce(tot)
+    model.train()
+    return (tot[0] / tot[1]).item()
+
+
+def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
+    """Run args.steps optimizer steps of `model` (an uncompiled Llama on the CPU).
+
+    next_batch(step, micro) -> (x, y) CPU int64 tensors of global micro-batch `micro` (0 .. grad_accum-1)
+    of `step`; y = -1 is ignored. It must be a function of its arguments for resume to be exact.
+    eval_batches() -> iterable of this rank's (x, y) validation batches, or None (no validation).
+    --resume=1 restores model, optimizer, step and RNG from out_dir/ckpt.pt. Returns the last step done."""
+    device, master = ctx.device, ctx.master
+    if master:
+        os.makedirs(args.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    model.to(device)
+    optimizer = model.configure_optimizers(args.lr, args.weight_decay, args.beta_lr, fused=device.type == "cuda")
+    base_lrs = [g["base_lr"] for g in optimizer.param_groups]
+    start = 0
+    if args.resume:
+        ckpt = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay CPU tensors
+        if ckpt["config"] != dataclasses.asdict(cfg):
+            raise SystemExit(f"error: {ckpt_path} holds a different model config than these flags: {ckpt['config']}")
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise SystemExit(f"error: {ckpt_path} does not match this model/optimizer ({str(e).splitlines()[0]})")
+        for g, lr in zip(optimizer.param_groups, base_lrs):
+            g["base_lr"] = lr  # the current flags' peak LRs win over the saved ones
+        start = int(ckpt["step"])
+        set_rng_state(ckpt["rng"])
+        del ckpt
+
+    # Compile block by block rather than the whole model: all blocks share one graph (compiled once, not
+    # n_layer times), the compile takes seconds instead of minutes, and the memory scan's Python loop
+    # over segments is unrolled inside one block's graph. State-dict keys stay those of Llama.
+    if args.compile:
+        for block in model.blocks:
+            block.compile()
+    # DDP averages gradients across ranks during the last micro-batch's backward
+    train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ctx.world > 1 else model
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                else contextlib.nullcontext())
+    accum = args.grad_accum // ctx.world  # micro-batches per rank per step
+
+    log = Log(args.out_dir, master, start)
+    log.row(f"{'resuming at step ' + str(start) if start else 'starting'}: {model.num_params() / 1e6:.1f}M params "
+            f"(non-embedding), world {ctx.world}, {init_note or ''}",
+            config=dataclasses.asdict(cfg), args=vars(args), start_step=start, world_size=ctx.world,
+            torch=torch.__version__, gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            params=model.num_params(non_embedding=False), cmd=" ".join(sys.argv))
+    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
+    flops_per_token = model.flops_per_token(args.seq_len)
+    peak = peak_flops(device, args.dtype)
+
+    def reduce_mean(t):  # mean over ranks; gloo has no AVG, so SUM / world
+        t = t.detach().clone()
+        if ctx.world > 1:
+            dist.all_reduce(t)
+        return t / ctx.world
+
+    # device-side accumulators: the hot loop never waits for the GPU, only log/eval/checkpoint steps do
+    acc = torch.zeros(2, device=device)  # loss, grad norm, summed over steps since the last row
+    n_acc, last_ckpt = 0, start if args.resume else None
+    t_last, steps_timed, time_timed = time.perf_counter(), 0, 0.0
+
+    def check_finite(step):
+        vals = reduce_mean(acc).tolist()
+        if not all(math.isfinite(v) for v in vals):
+            where = f"{ckpt_path} (step {last_ckpt}) is kept" if last_ckpt is not None else "no checkpoint was written"
+            raise SystemExit(f"error: loss or gradient is {vals[0] if not math.isfinite(vals[0]) else vals[1]} "
+                             f"before step {step}; stopping (try a lower --lr). Last good checkpoint: {where}")
+        return vals
+
+    step = start
+    for step in range(start, args.steps + 1):
+        last = step == args.steps
+        halt = 0 < args.halt_at == step < args.steps
+        do_eval = eval_batches is not None and (last or (args.eval_every > 0 and step % args.eval_every == 0))
+        do_ckpt = step > start and (last or halt or step % args.ckpt_every == 0)
+        if do_eval or do_ckpt:
+            _sync(device)
+            t0 = time.perf_counter()
+        if do_eval:
+            val = evaluate(model, eval_batches(), ctx, autocast)
+            log.row(f"step {step}: val_loss {val:.4f}", step=step, val_loss=val)
+        if do_ckpt:
+            if n_acc:
+                check_finite(step)  # never save weights that a NaN already reached
+            if master:
+                save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                                step=step, config=dataclasses.asdict(cfg), args=vars(args),
+                                                rng=rng_state()))
+            last_ckpt = step
+        if do_eval or do_ckpt:
+            t_last += time.perf_counter() - t0  # evaluation and saving are not training time
+        if last or halt:
+            break
+
+        # one optimizer step: grad_accum micro-batches in total, this rank's share of them
+        mult = lr_multiplier(step, args.warmup, args.steps, args.min_lr / args.lr)
+        for g in optimizer.param_groups:
+            g["lr"] = g["base_lr"] * mult
+        for j in range(accum):
+            x, y = next_batch(step, ctx.rank * accum + j)
+            if device.type == "cuda":
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            if ctx.world > 1:
+                train_model.require_backward_grad_sync = j == accum - 1  # all-reduce once per step, not per micro-batch
+            with autocast:
+                _, loss, _ = train_model(x, y)
+            loss = loss / accum  # mean over micro-batches; DDP then averages over ranks
+            loss.backward()
+            acc[0] += loss.detach()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        acc[1] += norm.detach()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        n_acc += 1
+
+        if step % args.log_every == 0 or step == args.steps - 1:
+            loss_v, norm_v = (v / n_acc for v in check_finite(step + 1))  # .tolist() here is the sync
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            tok_s = n_acc * tokens_per_step / dt
+            if step > start:  # the first row includes compilation: keep it out of the ETA
+                steps_timed, time_timed = steps_timed + n_acc, time_timed + dt
+            eta = (args.steps - step - 1) * time_timed / steps_timed if steps_timed else float("nan")
+            mfu = flops_per_token * tok_s / (peak * ctx.world) if peak else 0.0
+            gates = model.gates()
+            gates = gates.tolist() if gates is not None else None
+            text = (f"step {step:6d}/{args.steps} | loss {loss_v:.4f} | lr {optimizer.param_groups[0]['lr']:.2e} | "
+                    f"norm {norm_v:.2f} | {tok_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if peak else "") +
+                    (f" | eta {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta == eta else "") +
+                    (" | gates " + " ".join(f"{sum(l) / len(l):.2f}" for l in gates) if gates else ""))
+            log.row(text, step=step, loss=loss_v, lr=optimizer.param_groups[0]["lr"], grad_norm=norm_v,
+                    tok_s=tok_s, mfu=mfu, gates=gates)
+            acc.zero_()
+            n_acc = 0
+    return step
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    check_args(args)
+    cfg = build_config(args.model, vocab_size=args.vocab_size, attn=args.attn, update=args.update,
+                       gate=args.gate, segment=args.segment)
+    data = TokenData(args.data_dir, args.seq_len, args.seed)
+    ctx = setup_distributed(args.device)
+    try:
+        torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+        model = Llama(cfg)
+        train(args, cfg, model, ctx,
+              next_batch=lambda step, micro: data.batch(step, micro, args.batch_size, args.grad_accum),
+              eval_batches=lambda: data.val_batches(args.eval_tokens, args.batch_size, ctx.rank, ctx.world),
+              init_note=f"{data.n:,} train windows of {args.seq_len + 1} tokens")
+    finally:
+        teardown_distributed()
+
+
+if __name__ == "__main__":
+    main()
