@@ -376,8 +376,8 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
         vals = reduce_mean(acc).tolist()
         if not all(math.isfinite(v) for v in vals):
             where = f"{ckpt_path} (step {last_ckpt}) is kept" if last_ckpt is not None else "no checkpoint was written"
-            raise SystemExit(f"error: loss or gradient is {vals[0] if not math.isfinite(vals[0]) else vals[1]} "
-                             f"before step {step}; stopping (try a lower --lr). Last good checkpoint: {where}")
+            raise SystemExit(f"error: loss or gradient became {vals[0] if not math.isfinite(vals[0]) else vals[1]} "
+                             f"by step {step}; stopping (try a lower --lr). Last good checkpoint: {where}")
         return vals
 
     step = start
@@ -394,7 +394,7 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
             log.row(f"step {step}: val_loss {val:.4f}", step=step, val_loss=val)
         if do_ckpt:
             if n_acc:
-                check_finite(step)  # never save weights that a NaN already reached
+                check_finite(step - 1)  # never save weights that a NaN already reached
             if master:
                 save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=step, config=dataclasses.asdict(cfg), args=vars(args),
@@ -427,7 +427,7 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
         n_acc += 1
 
         if step % args.log_every == 0 or step == args.steps - 1:
-            loss_v, norm_v = (v / n_acc for v in check_finite(step + 1))  # .tolist() here is the sync
+            loss_v, norm_v = (v / n_acc for v in check_finite(step))  # .tolist() here is the sync
             now = time.perf_counter()
             dt, t_last = now - t_last, now
             tok_s = n_acc * tokens_per_step / dt

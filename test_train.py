@@ -1,0 +1,252 @@
+"""
+CPU tests for prepare_fineweb.py, train.py and finetune.py (no network, no GPU): python -m pytest -q test_train.py
+
+Tokenizer tests need the GPT-2 BPE file in $INFINI_SHARED/data/tiktoken_cache (default ../shared); they are
+skipped without it. Training tests use the tiny model on synthetic shards with a 64-token vocabulary.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import prepare_fineweb
+import train
+from model import Llama, LlamaConfig
+from prepare_fineweb import load_shard, write_shard
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+TIKTOKEN_CACHE = os.path.join(os.environ.get("INFINI_SHARED", os.path.join(REPO, "..", "shared")), "data", "tiktoken_cache")
+needs_tokenizer = pytest.mark.skipif(not os.path.isdir(TIKTOKEN_CACHE), reason=f"no tiktoken cache at {TIKTOKEN_CACHE}")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TIKTOKEN_CACHE_DIR": TIKTOKEN_CACHE}
+VOCAB = 64
+
+
+def tiny_args(data_dir, out_dir, *extra):
+    """A few-second CPU run: 2 layers, d 64, 64 tokens of vocabulary, 4 segments of 16 per sequence."""
+    return ["--model=tiny", f"--vocab_size={VOCAB}", "--device=cpu", "--dtype=float32", "--compile=0",
+            "--seq_len=64", "--segment=16", "--batch_size=2", "--grad_accum=2", "--steps=6", "--warmup=2",
+            "--lr=3e-3", "--min_lr=3e-4", "--eval_every=0", "--eval_tokens=512", "--log_every=1",
+            "--ckpt_every=100", f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
+
+
+def rows(out_dir, key="loss"):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [r for r in map(json.loads, f) if key in r]
+
+
+def losses(out_dir):
+    return [r["loss"] for r in rows(out_dir)]
+
+
+def run(script, *args, torchrun=0):
+    """Run a script as a user would; returns the CompletedProcess (text output)."""
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+                                   if torchrun else [])
+    return subprocess.run(launcher + [os.path.join(REPO, script), *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Learnable synthetic data: a fixed random cycle over the 64 tokens (next token = a function of this one)
+    with a few random tokens mixed in, split into a val shard and two train shards of unequal size."""
+    d = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    cycle = rng.permutation(VOCAB)
+    nxt = np.empty(VOCAB, dtype=np.int64)
+    nxt[cycle] = np.roll(cycle, -1)
+    toks = np.empty(30_000, dtype=np.int64)
+    toks[0] = 0
+    for i in range(1, len(toks)):
+        toks[i] = nxt[toks[i - 1]] if rng.random() > 0.05 else rng.integers(VOCAB)
+    write_shard(str(d / "syn_val_000000.bin"), toks[:4000])
+    write_shard(str(d / "syn_train_000001.bin"), toks[4000:20000])
+    write_shard(str(d / "syn_train_000002.bin"), toks[20000:])
+    return str(d)
+
+# -----------------------------------------------------------------------------
+# prepare_fineweb.py
+
+DOCS = ["Hello world. This is the first document.", "Zweites Dokument: ünïcödé and emoji \U0001F600.",
+        "A third one, with a fake special token <|endoftext|> inside the text.", "short", "x" * 300]
+
+
+@needs_tokenizer
+@pytest.mark.parametrize("fmt,workers", [("jsonl", 1), ("parquet", 2)])
+def test_prepare_roundtrip(tmp_path, monkeypatch, fmt, workers):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    src = tmp_path / f"docs.{fmt}"
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(DOCS)))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.table({"text": DOCS, "id": list(range(len(DOCS)))}), str(src), row_group_size=2)
+    out = str(tmp_path / "shards")
+    argv = ["--input", str(src), "--out_dir", out, "--val_tokens=20", "--shard_size=50", f"--workers={workers}"]
+    prepare_fineweb.main(argv)
+    val, tr = prepare_fineweb.find_shards(out, "val"), prepare_fineweb.find_shards(out, "train")
+    assert [os.path.basename(p) for p in val] == ["fineweb_val_000000.bin"]
+    assert os.path.basename(tr[0]) == "fineweb_train_000001.bin"
+    parts = [load_shard(p) for p in val + tr]
+    assert len(parts[0]) == 20 and all(len(p) == 50 for p in parts[1:-1]) and 0 < len(parts[-1]) <= 50
+    toks = np.concatenate(parts)
+    enc = prepare_fineweb.gpt2_encoding()
+    # encode_ordinary: the literal "<|endoftext|>" inside a document is text, not token 50256
+    assert (toks == 50256).sum() == len(DOCS)
+    assert enc.decode(toks.tolist()) == "".join(t + "<|endoftext|>" for t in DOCS)
+    # existing shards are kept unless --force; --force rewrites them identically (no stale shards left)
+    with pytest.raises(SystemExit, match="--force"):
+        prepare_fineweb.main(argv)
+    prepare_fineweb.main(argv + ["--force=1", "--max_tokens=30"])
+    again = prepare_fineweb.find_shards(out, "val") + prepare_fineweb.find_shards(out, "train")
+    assert np.array_equal(np.concatenate([load_shard(p) for p in again]), toks[:30])
+    assert len(prepare_fineweb.find_shards(out, "train")) == 1
+
+
+def test_prepare_bad_input_one_line(tmp_path):
+    r = run("prepare_fineweb.py", "--input", str(tmp_path / "nothing*.parquet"), "--out_dir", str(tmp_path / "o"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "matches no file" in r.stderr
+
+
+def test_shard_header_validation(tmp_path):
+    good = str(tmp_path / "a_train_000001.bin")
+    toks = np.arange(1000, dtype=np.uint16) * 50
+    write_shard(good, toks)
+    assert np.array_equal(load_shard(good), toks)
+    hdr = np.fromfile(good, dtype=np.int32, count=256)
+    assert list(hdr[:3]) == [20240520, 1, 1000] and not hdr[3:].any()
+    raw = open(good, "rb").read()
+    bad_magic = str(tmp_path / "bad_magic.bin")
+    open(bad_magic, "wb").write(b"\0\0\0\0" + raw[4:])
+    with pytest.raises(SystemExit, match="bad_magic.bin.*not a token shard"):
+        load_shard(bad_magic)
+    short = str(tmp_path / "short.bin")
+    open(short, "wb").write(raw[:-2])
+    with pytest.raises(SystemExit, match="short.bin.*truncated"):
+        load_shard(short)
+    tiny = str(tmp_path / "tiny.bin")
+    open(tiny, "wb").write(raw[:100])
+    with pytest.raises(SystemExit, match="tiny.bin"):
+        load_shard(tiny)
+
+# -----------------------------------------------------------------------------
+# the loader and the schedule
+
+def test_loader_deterministic_and_split_across_ranks(shards):
+    L, B, A = 64, 3, 4
+    d1, d2 = train.TokenData(shards, L, seed=5), train.TokenData(shards, L, seed=5)
+    for step in (0, 7, 200):  # 200 * 12 samples > one epoch (≈ 400 windows): epochs are reshuffled
+        for m in range(A):
+            x1, y1 = d1.batch(step, m, B, A)
+            x2, y2 = d2.batch(step, m, B, A)
+            assert torch.equal(x1, x2) and torch.equal(y1, y2) and x1.shape == (B, L)
+            assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the inputs shifted by one
+    assert not torch.equal(d1.batch(0, 0, B, A)[0], d1.batch(1, 0, B, A)[0])
+    assert not torch.equal(d1.batch(0, 0, B, A)[0], train.TokenData(shards, L, seed=6).batch(0, 0, B, A)[0])
+    # ranks take disjoint micro-batches whose union is the global batch; an epoch visits every window once
+    ids = [d1.window_ids((3 * A + m) * B, B) for m in range(A)]
+    flat = sum(ids, [])
+    assert len(set(flat)) == len(flat) == A * B and flat == d1.window_ids(3 * A * B, A * B)
+    assert sorted(d1.window_ids(0, d1.n)) == list(range(d1.n))
+    # windows tile the shards: window w starts at token w * seq_len of its shard
+    s1 = load_shard(os.path.join(shards, "syn_train_000001.bin"))
+    assert np.array_equal(d1.window(1), s1[L:2 * L + 1]) and d1.n == (16000 - 1) // L + (10000 - 1) // L
+
+
+def test_lr_schedule():
+    f = lambda s: train.lr_multiplier(s, warmup=10, total=110, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) for s in range(10, 120))
+
+# -----------------------------------------------------------------------------
+# training runs
+
+def test_loss_falls(shards, tmp_path):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(shards, out, "--steps=40", "--lr=1e-2", "--min_lr=1e-3", "--warmup=5",
+                         "--eval_every=20", "--log_every=5"))
+    ls, vals = losses(out), [r["val_loss"] for r in rows(out, "val_loss")]
+    assert len(ls) == 9 and len(vals) == 3  # rows at 0,5,..,35 and 39; val at 0, 20, 40
+    assert ls[-1] < ls[0] - 1.0 and vals[-1] < vals[0] - 1.0, (ls, vals)
+    r = rows(out)[-1]
+    assert set(r) >= {"step", "loss", "lr", "tok_s", "mfu", "gates"}
+    assert np.array(r["gates"]).shape == (2, 4)  # (n_layer, n_head)
+    header = rows(out, "config")[0]
+    assert header["config"]["vocab_size"] == VOCAB and header["args"]["steps"] == 40
+
+
+def test_resume_is_exact(shards, tmp_path):
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    train.main(tiny_args(shards, full))
+    train.main(tiny_args(shards, split, "--halt_at=3"))
+    assert len(losses(split)) == 3
+    ckpt = train.load_checkpoint(os.path.join(split, "ckpt.pt"))
+    assert ckpt["step"] == 3
+    assert list(ckpt["model"]) == list(Llama(LlamaConfig(**ckpt["config"])).state_dict())  # plain keys: no _orig_mod./module. prefixes
+    train.main(tiny_args(shards, split, "--resume=1"))
+    assert losses(split) == losses(full) and len(losses(full)) == 6
+    assert [r["step"] for r in rows(split)] == list(range(6))  # the log reads as one run
+    assert rows(split, "val_loss")[-1]["val_loss"] == rows(full, "val_loss")[-1]["val_loss"]
+
+
+@pytest.mark.parametrize("case", ["missing_shards", "segment", "unknown_flag", "corrupt_ckpt", "nan"])
+def test_bad_input_one_line(shards, tmp_path, case):
+    out = str(tmp_path / "o")
+    args = tiny_args(shards, out)
+    if case == "missing_shards":
+        args = tiny_args(str(tmp_path / "empty"), out)
+        expect = "run prepare_fineweb.py"
+    elif case == "segment":
+        args += ["--seq_len=60"]
+        expect = "multiple of --segment"
+    elif case == "unknown_flag":
+        args += ["--no_such_flag=1"]
+        expect = "unrecognized arguments: --no_such_flag=1"
+    elif case == "corrupt_ckpt":
+        os.makedirs(out)
+        open(os.path.join(out, "ckpt.pt"), "wb").write(b"not a checkpoint")
+        args += ["--resume=1"]
+        expect = "ckpt.pt is unreadable or corrupt"
+    else:  # lr 1e30: the first update is finite, the next forward overflows to inf/nan
+        args += ["--lr=1e30", "--min_lr=1e29", "--warmup=0", "--ckpt_every=1"]
+        expect = "stopping (try a lower --lr). Last good checkpoint"
+    r = run("train.py", *args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert expect in last, r.stderr
+    if case != "unknown_flag":
+        assert r.stderr.strip().count("\n") == 0, r.stderr  # exactly one line
+    if case == "nan":  # the checkpoint of step 1 (finite) is kept, the NaN weights never written
+        ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
+        assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+        assert "(step 1) is kept" in last
+
+
+def test_mismatched_checkpoint_one_line(shards, tmp_path):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(shards, out, "--steps=1"))
+    with pytest.raises(SystemExit, match="ckpt.pt holds a different model config"):
+        train.main(tiny_args(shards, out, "--update=linear", "--resume=1"))
+
+
+def test_ddp_matches_single_process_and_resumes(shards, tmp_path):
+    """2 gloo ranks x 1 micro-batch = 1 process x 2 micro-batches: the same global batch, the same losses
+    (exactly: averaging two gradients is exact, whether halved before or after the sum)."""
+    single, ddp, ddp_split = (str(tmp_path / n) for n in ("single", "ddp", "ddp_split"))
+    train.main(tiny_args(shards, single))
+    r = run("train.py", *tiny_args(shards, ddp), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(ddp) == losses(single)
+    assert rows(ddp, "val_loss")[-1]["val_loss"] == pytest.approx(rows(single, "val_loss")[-1]["val_loss"], rel=1e-6)
+    r = run("train.py", *tiny_args(shards, ddp_split, "--halt_at=2"), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run("train.py", *tiny_args(shards, ddp_split, "--resume=1"), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(ddp_split) == losses(single)
