@@ -74,7 +74,7 @@ def make_sample(enc, length, depth, key, filler="p2", filler_ids=None, rng=None,
     k = str(int(key))
     key_ids = enc.encode(" " + k)
     head = enc.encode(INTRO) if intro else []
-    before_key, middle, after_key = NEEDLE.split("{k}")     # " The pass key is", ". Remember it.", " is the pass key."
+    before_key, middle, after_key = NEEDLE.split(" {k}")    # " The pass key is", ". Remember it.", " is the pass key."
     needle = enc.encode(before_key) + key_ids + enc.encode(middle) + key_ids + enc.encode(after_key)
     question = enc.encode(QUESTION)
     answer = key_ids + enc.encode(".")
@@ -83,12 +83,14 @@ def make_sample(enc, length, depth, key, filler="p2", filler_ids=None, rng=None,
         raise ValueError(f"length {length} is too short for the template ({length - n_fill} tokens without filler)")
 
     if filler == "p2":
+        # whole filler passages, after the first n_fill % 24 tokens of one: the price of an exact
+        # length is one unfinished sentence near the start; the text before the question ends on "again."
         sentence = enc.encode(FILLER)
-        stream = (sentence * (n_fill // len(sentence) + 1))[:n_fill]
+        stream = sentence[:n_fill % len(sentence)] + sentence * (n_fill // len(sentence))
         dot = enc.encode(".")[-1]
-        ends = lambda c: 0 <= c <= n_fill and (c == 0 or stream[c - 1] == dot)   # c = a sentence boundary
+        boundary = lambda c: c == 0 or 0 < c <= n_fill and stream[c - 1] == dot
         cut = round(depth * n_fill)
-        cut = next((c for d in range(len(sentence) + 1) for c in (cut - d, cut + d) if ends(c)), cut)
+        cut = next((c for d in range(len(sentence) + 1) for c in (cut - d, cut + d) if boundary(c)), cut)
     elif filler == "tokens":
         if filler_ids is None or rng is None:
             raise ValueError("filler='tokens' needs filler_ids (a token array) and rng")
@@ -120,31 +122,36 @@ def score(generated_text, key):
 # reading a prompt and decoding greedily
 
 @torch.no_grad()
-def greedy_continue(model, prompt, new_tokens, chunk=None):
-    """prompt (B, P) token ids -> (B, new_tokens) greedy continuation.
+def read_prompt(model, prompt, chunk=None):
+    """prompt (B, P) token ids -> (tail, memory): what is left to run, and the state to run it with.
 
-    full: one call over the whole prompt. infini: the prompt minus a tail of 1..segment tokens is
-    streamed in chunks of `chunk` tokens (a multiple of the segment), the per-layer memory carried
-    from chunk to chunk; the tail then starts on a segment boundary and is decoded with that memory.
-    local: the same tail with no memory, which is exact, since local attention never looks past its
-    own segment. Activation memory is then flat in P: at most a chunk (or tail + new tokens) at a time.
+    full: the whole prompt, no memory (one call; attention over P tokens). infini: everything but a
+    tail of 1..segment tokens is streamed in chunks of `chunk` tokens (a multiple of the segment), the
+    per-layer memory carried from chunk to chunk, so the tail starts on a segment boundary. local:
+    the same tail with no memory, which is exact: local attention never looks past its own segment.
+    Either way activation memory is flat in P: at most a chunk (or the tail) runs at a time.
     """
     cfg = model.cfg
     if cfg.attn == "full":
-        return model.generate(prompt, new_tokens)[:, prompt.size(1):]
+        return prompt, None
     N = cfg.segment
     chunk = chunk or 8 * N
     if chunk % N:
         raise ValueError(f"chunk ({chunk}) must be a multiple of the segment ({N})")
-    P = prompt.size(1)
-    n_head = (P - 1) // N * N        # whole segments before the tail (the tail is never empty)
+    n_head = (prompt.size(1) - 1) // N * N          # whole segments before the tail (never empty)
     memory = None
     if cfg.attn == "infini":
         for s in range(0, n_head, chunk):
-            # last_only: the logits of the streamed part are never used, and full logits of a chunk
-            # (chunk x 50304 floats) would cost more memory than the whole model
+            # last_only: the logits of the streamed part are never used, and a chunk's full logits
+            # (chunk x 50304 floats) would take more memory than the whole model
             _, _, memory = model(prompt[:, s:min(s + chunk, n_head)], memory=memory, last_only=True)
-    tail = prompt[:, n_head:]
+    return prompt[:, n_head:], memory
+
+
+@torch.no_grad()
+def greedy_continue(model, prompt, new_tokens, chunk=None):
+    """prompt (B, P) -> (B, new_tokens) greedy continuation (read_prompt, then decode the tail)."""
+    tail, memory = read_prompt(model, prompt, chunk)
     return model.generate(tail, new_tokens, memory=memory)[:, tail.size(1):]
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""
+Figures from checkpoints, training logs (log.jsonl) and passkey results (passkey.json), as PNGs.
+
+    python plots.py gates      --ckpt out/ckpt.pt --out gates.png          # or --log out/log.jsonl (last gates row)
+    python plots.py gate_trend --log out/log.jsonl --out gate_trend.png
+    python plots.py loss       --logs a/log.jsonl b/log.jsonl --labels infini local --out loss.png
+    python plots.py passkey    --json a.json b.json --labels infini local --out passkey.png
+
+log.jsonl rows: training rows {"step", "loss", "gates": [[g per head] per layer], ...}, validation rows
+{"step", "val_loss", ...}; other rows are ignored. The gate g is the memory's weight in eq. 10 of P2:
+A = g * A_mem + (1 - g) * A_dot, so g = 1 is a pure memory head and g = 0 a pure local head.
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+matplotlib.use("Agg")   # files only, no display needed (servers, CI)
+import matplotlib.pyplot as plt
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# inputs, each failing with one line that names the file
+
+def read_log(path):
+    """The rows of a log.jsonl file (blank lines skipped)."""
+    try:
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read log {path} ({type(e).__name__}: {e})")
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read {path} ({type(e).__name__}: {e})")
+    if not isinstance(d, dict) or not {"lengths", "depths", "accuracy"} <= d.keys():
+        raise SystemExit(f"error: {path} is not a passkey.py result (needs lengths, depths, accuracy)")
+    return d
+
+
+def gates_from_ckpt(path):
+    """(n_layer, n_head) gate values of a checkpoint, through the model's own gate() so the formula
+    (hard sigmoid or sigmoid) is never duplicated. Built on the meta device: no init, no memory."""
+    import torch
+    from model import Llama, LlamaConfig
+    from train import load_checkpoint
+    ckpt = load_checkpoint(path)
+    cfg = LlamaConfig(**ckpt["config"])
+    if cfg.attn != "infini":
+        raise SystemExit(f"error: {path} is a '{cfg.attn}' model; only infini models have gates")
+    with torch.device("meta"):
+        model = Llama(cfg)
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, assign=True)
+    return model.gates().numpy()
+
+
+def gates_from_log(path):
+    rows = [r for r in read_log(path) if r.get("gates")]
+    if not rows:
+        raise SystemExit(f"error: {path} has no rows with 'gates' (is it an infini run?)")
+    return np.array(rows[-1]["gates"], dtype=float), rows[-1].get("step")
+
+# -----------------------------------------------------------------------------
+# figures
+
+def plot_gates(g, title, out):
+    """Heatmap layer x head (annotated) and the per-layer mean as bars."""
+    L, H = g.shape
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(4 + 0.6 * H, 1.5 + 0.45 * L), width_ratios=[H, 3],
+                                 sharey=True, constrained_layout=True)
+    im = ax.imshow(g, cmap="coolwarm", vmin=0, vmax=1, aspect="auto")   # 0.5 (the init) is white
+    for i in range(L):
+        for j in range(H):
+            ax.text(j, i, f"{g[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set(xlabel="head", ylabel="layer", xticks=range(H), yticks=range(L), title=title)
+    bx.barh(range(L), g.mean(1), color=plt.get_cmap("coolwarm")(g.mean(1)))
+    bx.axvline(0.5, color="grey", ls=":", lw=1)
+    bx.set(xlim=(0, 1), xlabel="mean gate", title=f"all: {g.mean():.3f}")
+    fig.colorbar(im, ax=bx, label="gate g (1 = memory, 0 = local)")
+    save(fig, out)
+
+
+def plot_gate_trend(rows, title, out):
+    """Per-layer mean gate against training step, one line per layer plus the overall mean."""
+    rows = [r for r in rows if r.get("gates") and "step" in r]
+    if not rows:
+        raise SystemExit("error: the log has no rows with both 'step' and 'gates'")
+    steps = [r["step"] for r in rows]
+    g = np.array([r["gates"] for r in rows], dtype=float)            # (rows, layer, head)
+    per_layer = g.mean(2)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    for i in range(per_layer.shape[1]):
+        ax.plot(steps, per_layer[:, i], color=cmap(i / max(per_layer.shape[1] - 1, 1)), lw=1.2, label=f"layer {i}")
+    ax.plot(steps, g.mean((1, 2)), color="black", ls="--", lw=2, label="all layers")
+    ax.set(xlabel="step", ylabel="mean gate g over heads", ylim=(-0.02, 1.02), title=title)
+    ax.legend(fontsize=7, ncol=2 if per_layer.shape[1] > 8 else 1, loc="best")
+    ax.grid(alpha=0.3)
+    save(fig, out)
+
+
+def plot_loss(logs, labels, out, title="loss"):
+    """Train loss as lines, validation loss as markers of the same colour, runs on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    plotted = False
+    for i, (rows, label) in enumerate(zip(logs, labels)):
+        c = f"C{i}"
+        tr = [(r["step"], r["loss"]) for r in rows if "step" in r and "loss" in r]
+        va = [(r["step"], r["val_loss"]) for r in rows if "step" in r and "val_loss" in r]
+        if tr:
+            ax.plot(*zip(*tr), color=c, lw=1, alpha=0.8, label=f"{label} train")
+        if va:
+            ax.plot(*zip(*va), color=c, ls="none", marker="o", ms=5, mec="black", label=f"{label} val")
+        plotted |= bool(tr or va)
+    if not plotted:
+        raise SystemExit("error: no rows with 'step' and 'loss' or 'val_loss' in the logs")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, out)
+
+
+def _grid(d, key="accuracy"):
+    """Accuracy grid as a float array, NaN where the cell is None (oom)."""
+    return np.array([[np.nan if v is None else v for v in row] for row in d[key]], dtype=float)
+
+
+def _heatmap(ax, a, lengths, depths, cmap, vmin, vmax, title, fmt="{:.2f}"):
+    cm = plt.get_cmap(cmap).with_extremes(bad="lightgrey")            # oom cells in grey
+    im = ax.imshow(np.ma.masked_invalid(a), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ax.text(j, i, "oom" if np.isnan(a[i, j]) else fmt.format(a[i, j]), ha="center", va="center", fontsize=8)
+    ax.set(xticks=range(len(depths)), xticklabels=depths, yticks=range(len(lengths)), yticklabels=lengths,
+           xlabel="needle depth (%)", ylabel="prompt length (tokens)", title=title)
+    return im
+
+
+def plot_passkey(results, labels, out, key="accuracy"):
+    """One heatmap (length x depth) per model on a shared 0-1 scale, a difference panel (model 1 -
+    model 2) on the cells both share, and accuracy (mean over depths) against memory compressions."""
+    n = len(results)
+    ncols = n + (n >= 2) + 1
+    fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 4.2), constrained_layout=True)
+    for ax, d, label in zip(axes, results, labels):
+        im = _heatmap(ax, _grid(d, key), d["lengths"], d["depths"], "viridis", 0, 1, f"{label} ({d.get('attn', '?')})")
+    fig.colorbar(im, ax=axes[:n], label=f"passkey {key}", shrink=0.85)
+    if n >= 2:
+        a, b = results[0], results[1]
+        Ls = [L for L in a["lengths"] if L in b["lengths"]]
+        Ds = [x for x in a["depths"] if x in b["depths"]]
+        if Ls and Ds:
+            pick = lambda d: _grid(d, key)[np.ix_([d["lengths"].index(L) for L in Ls], [d["depths"].index(x) for x in Ds])]
+            diff = pick(a) - pick(b)
+            im = _heatmap(axes[n], diff, Ls, Ds, "RdBu", -1, 1, f"{labels[0]} - {labels[1]}", fmt="{:+.2f}")
+            fig.colorbar(im, ax=axes[n], label="accuracy difference", shrink=0.85)
+        else:
+            axes[n].set_axis_off()
+            axes[n].set_title("no common cells to compare")
+    ax = axes[-1]
+    for i, (d, label) in enumerate(zip(results, labels)):
+        seg = d.get("segment") or 1
+        x = [L / seg for L in d["lengths"]]
+        y = [np.nan if np.isnan(r).all() else np.nanmean(r) for r in _grid(d, key)]   # oom rows: gap
+        ax.plot(x, y, marker="o", color=f"C{i}", label=f"{label} (segment {seg})")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="memory compressions (prompt length / segment)", ylabel=f"{key}, mean over depths",
+           ylim=(-0.02, 1.02), title="accuracy vs compressions")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save(fig, out)
+
+
+def save(fig, out):
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    print(f"wrote {out}")
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Figures for infini-llama runs (PNG).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("gates", help="gate heatmap layer x head + per-layer mean")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="checkpoint (.pt)")
+    src.add_argument("--log", help="log.jsonl (its last row with gates)")
+    s.add_argument("--out", default="gates.png")
+    s = sub.add_parser("gate_trend", help="per-layer mean gate over training steps")
+    s.add_argument("--log", required=True)
+    s.add_argument("--out", default="gate_trend.png")
+    s = sub.add_parser("loss", help="train / val loss of several runs")
+    s.add_argument("--logs", nargs="+", required=True)
+    s.add_argument("--labels", nargs="+")
+    s.add_argument("--out", default="loss.png")
+    s = sub.add_parser("passkey", help="passkey accuracy heatmaps, difference, accuracy vs compressions")
+    s.add_argument("--json", nargs="+", required=True)
+    s.add_argument("--labels", nargs="+")
+    s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"])
+    s.add_argument("--out", default="passkey.png")
+    args = p.parse_args(argv)
+
+    def labels_for(paths):
+        if args.labels and len(args.labels) != len(paths):
+            p.error(f"--labels needs {len(paths)} names, got {len(args.labels)}")
+        return args.labels or [os.path.basename(os.path.dirname(os.path.abspath(x))) or x for x in paths]
+
+    if args.cmd == "gates":
+        if args.ckpt:
+            plot_gates(gates_from_ckpt(args.ckpt), f"memory gates: {args.ckpt}", args.out)
+        else:
+            g, step = gates_from_log(args.log)
+            plot_gates(g, f"memory gates: {args.log} (step {step})", args.out)
+    elif args.cmd == "gate_trend":
+        plot_gate_trend(read_log(args.log), f"memory gate per layer: {args.log}", args.out)
+    elif args.cmd == "loss":
+        plot_loss([read_log(x) for x in args.logs], labels_for(args.logs), args.out)
+    elif args.cmd == "passkey":
+        plot_passkey([read_json(x) for x in args.json], labels_for(args.json), args.out, args.metric)
+
+
+if __name__ == "__main__":
+    main()

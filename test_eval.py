@@ -1,0 +1,285 @@
+"""Tests for passkey.py and plots.py. CPU only, no network. Run: python -m pytest -q test_eval.py
+
+The GPT-2 tokenizer is read offline from $INFINI_SHARED/data/tiktoken_cache (default ../shared);
+tests that need it are skipped, saying so, when that file is missing.
+"""
+import json
+import os
+import random
+
+import pytest
+import torch
+
+import passkey
+from model import Llama, make_config
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.environ.get("INFINI_SHARED", os.path.join(REPO, "..", "shared"))
+CACHE = os.path.join(SHARED, "data", "tiktoken_cache")
+R50K = os.path.join(CACHE, "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4")   # tiktoken's cache name for r50k_base
+
+
+@pytest.fixture(scope="module")
+def enc():
+    if not os.path.isfile(R50K):
+        pytest.skip(f"GPT-2 BPE not found offline at {R50K} (set INFINI_SHARED to the shared folder)")
+    os.environ["TIKTOKEN_CACHE_DIR"] = CACHE
+    from prepare_fineweb import gpt2_encoding
+    return gpt2_encoding()
+
+
+def needle_start(enc, ids, key):
+    """Index of the needle's first token (" The pass key is {k}") in a prompt (ids without the answer)."""
+    needle = enc.encode(" The pass key is") + enc.encode(f" {key}")
+    starts = [i for i in range(len(ids) - len(needle)) if ids[i:i + len(needle)] == needle]
+    assert len(starts) == 1, "the needle must occur exactly once"
+    return starts[0]
+
+# -----------------------------------------------------------------------------
+# the generator
+
+@pytest.mark.parametrize("length", [4096, 16384, 100_000])
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_sample_length_and_depth(enc, length, depth):
+    key = 9054
+    ids, a = passkey.make_sample(enc, length, depth, key)
+    assert abs(len(ids) - length) <= 0.01 * length
+    assert len(ids) == length                                     # in fact exact
+    assert abs(needle_start(enc, ids[:a], key) - depth * length) <= 0.02 * length
+    text = enc.decode(ids)
+    assert text.startswith(passkey.INTRO) and text.count(passkey.NEEDLE.format(k=key)) == 1
+    assert enc.decode(ids[:a]).endswith("What is the pass key? The pass key is")
+    assert enc.decode(ids[a:]) == f" {key}."
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 1.0])
+def test_depth_is_fraction_of_filler(enc, depth):
+    # at short lengths the fixed text (~60 tokens) exceeds 2% of the length, so check the definition:
+    # the filler before the needle is depth x all filler, up to the snap to a sentence end
+    L, key = 1024, 123456
+    ids, a = passkey.make_sample(enc, L, depth, key)
+    n_intro = len(enc.encode(passkey.INTRO))
+    s = needle_start(enc, ids[:a], key)
+    n_fill = L - len(enc.encode(passkey.NEEDLE.format(k=key))) - n_intro - len(enc.encode(passkey.QUESTION)) - (len(ids) - a)
+    assert abs((s - n_intro) - depth * n_fill) <= len(enc.encode(passkey.FILLER)) // 2
+    if depth == 0.0:
+        assert s == n_intro                                       # right after the intro
+    if depth == 1.0:
+        assert enc.decode(ids[s:a]) == passkey.NEEDLE.format(k=key) + passkey.QUESTION   # needle, then question
+    else:
+        assert enc.decode(ids[:a]).endswith(" There and back again." + passkey.QUESTION)   # whole sentences
+
+
+def test_sample_is_natural_tokenization(enc):
+    # the model must see what the tokenizer makes of the text, and the key the same tokens twice
+    for key in (9054, 31415, 271828, 1000):
+        ids, a = passkey.make_sample(enc, 2048, 0.5, key)
+        assert enc.encode(enc.decode(ids)) == ids
+        k = enc.encode(f" {key}")
+        hits = [i for i in range(len(ids)) if ids[i:i + len(k)] == k]
+        assert len(hits) == 3 and hits[-1] == a                   # twice in the needle, once as the answer
+
+
+def test_sample_token_filler_and_errors(enc):
+    filler = torch.arange(45000, 50000).numpy()                  # a stand-in token array, ids the template never uses
+    ids, a = passkey.make_sample(enc, 1024, 0.5, 777, filler="tokens", filler_ids=filler,
+                                 rng=random.Random(1), intro=False)
+    assert len(ids) == 1024 and enc.decode(ids[a:]) == " 777."
+    window = [t for t in ids if t >= 45000]
+    assert window == list(range(window[0], window[0] + len(window)))   # one contiguous window
+    ids2, _ = passkey.make_sample(enc, 1024, 0.5, 777, filler="tokens", filler_ids=filler, rng=random.Random(1), intro=False)
+    assert ids2 == ids                                            # reproducible from the rng
+    with pytest.raises(ValueError):
+        passkey.make_sample(enc, 40, 0.5, 777)                    # shorter than the template
+    with pytest.raises(ValueError):
+        passkey.make_sample(enc, 1024, 1.5, 777)
+    with pytest.raises(ValueError):
+        passkey.make_sample(enc, 1024, 0.5, 777, filler="tokens")   # no filler_ids / rng
+
+# -----------------------------------------------------------------------------
+# keys and scoring
+
+def test_key_split_disjoint_and_deterministic():
+    rng = random.Random(0)
+    ev = {passkey.random_key(rng, eval=True) for _ in range(300)}
+    ft = {passkey.random_key(rng, eval=False) for _ in range(3000)}
+    assert ev and ft and not ev & ft
+    assert all(passkey.is_eval_key(k) for k in ev) and not any(passkey.is_eval_key(k) for k in ft)
+    assert all(1000 <= k < 1_000_000 for k in ev | ft)
+    assert {len(str(k)) for k in ft} == {4, 5, 6}
+    frac = sum(map(passkey.is_eval_key, range(10_000, 30_000))) / 20_000
+    assert 0.05 < frac < 0.15                                     # about 10% reserved
+    # the same keys from the same seed, and numpy generators work too
+    assert [passkey.random_key(random.Random(5)) for _ in range(3)] == [passkey.random_key(random.Random(5)) for _ in range(3)]
+    import numpy as np
+    assert passkey.is_eval_key(passkey.random_key(np.random.default_rng(0), digits=(5,), eval=True))
+
+
+@pytest.mark.parametrize("text, key, contains, exact", [
+    (" 9054.", 9054, True, True),
+    ("9054 is the pass key", 9054, True, True),
+    ("\n 9054", "9054", True, True),
+    (" 90541", 9054, True, False),        # study's rule counts it, exact does not
+    (" 09054", 9054, True, False),
+    (" key 9054.", 9054, True, False),
+    (" 905.", 9054, False, False),
+    (" 1234.", 9054, False, False),
+    ("", 9054, False, False),
+])
+def test_score(text, key, contains, exact):
+    assert passkey.score(text, key) == (contains, exact)
+
+# -----------------------------------------------------------------------------
+# streaming evaluation
+
+@pytest.mark.parametrize("attn", ["infini", "local"])
+@pytest.mark.parametrize("P", [97, 96, 7])
+def test_streaming_matches_single_call(attn, P):
+    torch.manual_seed(0)
+    cfg = make_config("tiny", attn=attn, vocab_size=256, segment=16)
+    model = Llama(cfg).double().eval()
+    x = torch.randint(0, 256, (2, P))
+    ref, _, _ = model(x)                                         # the whole prompt in one call
+    tail, mem = passkey.read_prompt(model, x, chunk=32)
+    assert 1 <= tail.size(1) <= 16 and (mem is None) == (attn == "local" or P <= 16)
+    last, _, _ = model(tail, memory=mem, last_only=True)
+    torch.testing.assert_close(last[:, -1], ref[:, -1], rtol=1e-9, atol=1e-9)
+    # and the greedy tokens equal a full-prompt greedy decode
+    want = model.generate(x, 5)[:, P:]
+    got = passkey.greedy_continue(model, x, 5, chunk=32)
+    assert torch.equal(got, want)
+
+
+def test_streaming_chunk_must_be_whole_segments():
+    model = Llama(make_config("tiny", vocab_size=64)).eval()
+    with pytest.raises(ValueError):
+        passkey.greedy_continue(model, torch.zeros(1, 40, dtype=torch.long), 2, chunk=20)
+
+
+def test_full_attention_oom_is_recorded(enc, monkeypatch):
+    model = Llama(make_config("tiny", attn="full")).eval()
+    calls = []
+
+    def boom(*a, **k):
+        calls.append(1)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+    monkeypatch.setattr(passkey, "greedy_continue", boom)
+    res = passkey.evaluate(model, enc, [128, 256], [0, 100], samples=2, progress=False)
+    assert calls and res["accuracy"] == [[None, None], [None, None]] and res["exact"] == [[None, None], [None, None]]
+    assert all(r["correct"] is None and r["generated"] is None for r in res["records"])
+    assert "oom" in passkey.format_table(res)
+
+# -----------------------------------------------------------------------------
+# end to end
+
+def test_passkey_cli_end_to_end(enc, tmp_path, monkeypatch, capsys):
+    from train import save_checkpoint
+    import dataclasses
+    torch.manual_seed(0)
+    cfg = make_config("tiny", attn="infini", segment=32)
+    model = Llama(cfg)
+    with torch.no_grad():
+        model.blocks[0].attn.beta.fill_(1.0)                     # a non-default gate, to see it survive the file
+    ckpt = str(tmp_path / "ckpt.pt")
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": dataclasses.asdict(cfg)})
+    out = tmp_path / "pk.json"
+    argv = ["--ckpt", ckpt, "--lengths", "128", "300", "--depths", "0", "50", "100", "--samples", "2",
+            "--new_tokens", "3", "--device", "cpu", "--out", str(out), "--chunk", "64"]
+    passkey.main(argv)
+    res = json.loads(out.read_text())
+    assert res["checkpoint"] == ckpt and res["attn"] == "infini" and res["segment"] == 32
+    assert res["lengths"] == [128, 300] and res["depths"] == [0, 50, 100] and res["samples"] == 2
+    for k in ("accuracy", "exact"):
+        assert len(res[k]) == 2 and all(len(row) == 3 for row in res[k])
+        assert all(0.0 <= v <= 1.0 for row in res[k] for v in row)
+    assert len(res["records"]) == 2 * 3 * 2
+    assert {(r["length"], r["depth"]) for r in res["records"]} == {(L, d) for L in (128, 300) for d in (0, 50, 100)}
+    assert all(passkey.is_eval_key(r["key"]) and isinstance(r["generated"], str) for r in res["records"])
+    # the grid's numbers are the records' means
+    cell = [r["correct"] for r in res["records"] if r["length"] == 300 and r["depth"] == 50]
+    assert res["accuracy"][1][1] == sum(cell) / 2
+    assert "length" in capsys.readouterr().out
+    # same seed, same prompts and outputs
+    out2 = tmp_path / "pk2.json"
+    passkey.main(argv[:-3] + [str(out2), "--chunk", "64"])
+    assert json.loads(out2.read_text())["records"] == res["records"]
+
+
+def test_passkey_cli_needs_a_model():
+    with pytest.raises(SystemExit):
+        passkey.main(["--lengths", "128"])
+
+# -----------------------------------------------------------------------------
+# plots
+
+def write_log(path, steps=20, layers=3, heads=4, val_every=5, scale=1.0):
+    with open(path, "w") as f:
+        f.write(json.dumps({"config": {"attn": "infini"}}) + "\n")   # a non-metric row, to be ignored
+        for s in range(steps):
+            g = [[0.5 + 0.02 * s * (l - 1) / steps + 0.01 * h for h in range(heads)] for l in range(layers)]
+            f.write(json.dumps({"step": s, "loss": scale * (5 - s / steps), "gates": g}) + "\n")
+            if s % val_every == 0:
+                f.write(json.dumps({"step": s, "val_loss": scale * (5.1 - s / steps)}) + "\n")
+
+
+def write_result(path, attn, acc, segment=16):
+    lengths, depths = [256, 512, 1024], [0, 50, 100]
+    d = dict(checkpoint="x", attn=attn, segment=segment, lengths=lengths, depths=depths, accuracy=acc,
+             exact=acc, samples=2, records=[])
+    path.write_text(json.dumps(d))
+
+
+def is_png(path):
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_from_logs_and_results(tmp_path):
+    import plots
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_log(a)
+    write_log(b, scale=1.1)
+    ra, rb = tmp_path / "a.json", tmp_path / "b.json"
+    write_result(ra, "infini", [[1, 0.5, 1], [0.5, 0, 0.5], [0, 0, 0.5]])
+    write_result(rb, "full", [[1, 1, 1], [0.5, 0.5, 1], [None, None, None]])      # an oom row
+    outs = {name: tmp_path / f"{name}.png" for name in ("gates", "trend", "loss", "pk", "pk1")}
+    plots.main(["gates", "--log", str(a), "--out", str(outs["gates"])])
+    plots.main(["gate_trend", "--log", str(a), "--out", str(outs["trend"])])
+    plots.main(["loss", "--logs", str(a), str(b), "--labels", "infini", "local", "--out", str(outs["loss"])])
+    plots.main(["passkey", "--json", str(ra), str(rb), "--labels", "infini", "full", "--out", str(outs["pk"])])
+    plots.main(["passkey", "--json", str(ra), "--out", str(outs["pk1"])])
+    for name, p in outs.items():
+        assert is_png(p), name
+    g, step = plots.gates_from_log(str(a))
+    assert g.shape == (3, 4) and step == 19
+
+
+def test_plot_gates_from_checkpoint(tmp_path):
+    import dataclasses
+    import plots
+    from train import save_checkpoint
+    cfg = make_config("tiny", attn="infini")
+    model = Llama(cfg)
+    with torch.no_grad():
+        model.blocks[1].attn.beta.copy_(torch.tensor([-2.5, 0.0, 1.0, 5.0]))
+    ckpt = str(tmp_path / "ckpt.pt")
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": dataclasses.asdict(cfg)})
+    g = plots.gates_from_ckpt(ckpt)
+    torch.testing.assert_close(torch.as_tensor(g), model.gates())
+    assert g[1].tolist() == pytest.approx([0.0, 0.5, 0.7, 1.0])   # hard sigmoid clamp(0.2b + 0.5, 0, 1)
+    out = tmp_path / "g.png"
+    plots.main(["gates", "--ckpt", ckpt, "--out", str(out)])
+    assert is_png(out)
+
+
+def test_plots_unreadable_inputs_fail_in_one_line(tmp_path):
+    import plots
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for argv in (["passkey", "--json", str(bad)], ["passkey", "--json", str(tmp_path / "missing.json")],
+                 ["loss", "--logs", str(bad)], ["gates", "--log", str(bad)],
+                 ["gates", "--ckpt", str(tmp_path / "missing.pt")]):
+        with pytest.raises(SystemExit) as e:
+            plots.main(argv + ["--out", str(tmp_path / "x.png")])
+        msg = str(e.value)
+        assert msg.startswith("error:") and "\n" not in msg
+    assert not (tmp_path / "x.png").exists()
