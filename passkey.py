@@ -179,46 +179,52 @@ def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=N
     """Accuracy grid over lengths x depths (depths in percent). Returns the JSON-ready result dict.
     Sample (length, depth, i) draws its key from random.Random(f"{seed}-{length}-{depth}-{i}"): the
     prompts are reproducible, and a cell does not change when other lengths or depths are added.
-    A cell whose forward pass runs out of GPU memory is recorded as "oom" (accuracy None)."""
+    A cell whose forward pass runs out of GPU memory even one prompt at a time is recorded as "oom"
+    (accuracy None), so a full-attention model's grid ends where its memory does, without a crash."""
     from tqdm import tqdm
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") \
         else torch.autocast("cpu", enabled=False)
+
+    def decode(prompts):
+        """Greedy continuations (token lists) of equal-length prompts, or None when out of memory."""
+        for size in sorted({len(prompts), 1}, reverse=True):        # the batch, then one at a time
+            try:
+                out = []
+                for b in range(0, len(prompts), size):
+                    x = torch.tensor(prompts[b:b + size], dtype=torch.long, device=device)
+                    with autocast:
+                        out += greedy_continue(model, x, new_tokens, chunk).tolist()
+                return out
+            except torch.cuda.OutOfMemoryError:
+                pass                     # leave the except block first: it holds the failed attempt's tensors
+            torch.cuda.empty_cache()
+        return None
+
     records, acc, exact = [], [], []
     bar = tqdm(total=len(lengths) * len(depths) * samples, disable=not progress, desc="passkey")
     for L in lengths:
         acc.append([])
         exact.append([])
         for d in depths:
-            cell = []
+            cell, prompts = [], []
             for i in range(samples):
                 key = random_key(random.Random(f"{seed}-{L}-{d}-{i}"), eval=True)
                 ids, a = make_sample(enc, L, d / 100, key)
-                cell.append(dict(length=L, depth=d, key=key, prompt=ids[:a]))
-            # batch samples of equal prompt length (keys of different token counts make them differ)
-            groups = {}
-            for r in cell:
-                groups.setdefault(len(r["prompt"]), []).append(r)
+                cell.append(dict(length=L, depth=d, key=key, generated=None, correct=None, exact=None))
+                prompts.append(ids[:a])
+            # batch prompts of equal length (keys of different token counts make lengths differ)
             oom = False
-            for group in groups.values():
-                for b in range(0, len(group), batch_size):
-                    rows = group[b:b + batch_size]
-                    if not oom:
-                        try:
-                            with autocast:
-                                x = torch.tensor([r["prompt"] for r in rows], dtype=torch.long, device=device)
-                                out = greedy_continue(model, x, new_tokens, chunk).tolist()
-                        except torch.cuda.OutOfMemoryError:
-                            oom = True
-                            x = out = None
-                            if torch.cuda.is_available():
-                                torch.cuda.empty_cache()
-                    for j, r in enumerate(rows):
-                        text = None if oom else enc.decode(out[j])
-                        ok, ex = (None, None) if oom else score(text, r["key"])
-                        r.update(generated=text, correct=ok, exact=ex)
+            for n in sorted({len(p) for p in prompts}):
+                idx = [i for i, p in enumerate(prompts) if len(p) == n]
+                for b in range(0, len(idx), batch_size):
+                    rows = idx[b:b + batch_size]
+                    out = None if oom else decode([prompts[i] for i in rows])
+                    oom = out is None
+                    for i, o in zip(rows, out or []):
+                        text = enc.decode(o)
+                        ok, ex = score(text, cell[i]["key"])
+                        cell[i].update(generated=text, correct=ok, exact=ex)
                     bar.update(len(rows))
-            for r in cell:
-                del r["prompt"]
             records += cell
             acc[-1].append(None if oom else sum(r["correct"] for r in cell) / samples)
             exact[-1].append(None if oom else sum(r["exact"] for r in cell) / samples)

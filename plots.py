@@ -17,6 +17,7 @@ import os
 import matplotlib
 matplotlib.use("Agg")   # files only, no display needed (servers, CI)
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 
 # -----------------------------------------------------------------------------
@@ -135,7 +136,10 @@ def _heatmap(ax, a, lengths, depths, cmap, vmin, vmax, title, fmt="{:.2f}"):
     im = ax.imshow(np.ma.masked_invalid(a), cmap=cm, vmin=vmin, vmax=vmax, aspect="auto")
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
-            ax.text(j, i, "oom" if np.isnan(a[i, j]) else fmt.format(a[i, j]), ha="center", va="center", fontsize=8)
+            v = a[i, j]
+            dark = cmap == "viridis" and v < 0.45                     # white text on the dark end of viridis
+            ax.text(j, i, "oom" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
     ax.set(xticks=range(len(depths)), xticklabels=depths, yticks=range(len(lengths)), yticklabels=lengths,
            xlabel="needle depth (%)", ylabel="prompt length (tokens)", title=title)
     return im
@@ -148,7 +152,9 @@ def plot_passkey(results, labels, out, key="accuracy"):
     ncols = n + (n >= 2) + 1
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 4.2), constrained_layout=True)
     for ax, d, label in zip(axes, results, labels):
-        im = _heatmap(ax, _grid(d, key), d["lengths"], d["depths"], "viridis", 0, 1, f"{label} ({d.get('attn', '?')})")
+        attn = d.get("attn", "?")
+        im = _heatmap(ax, _grid(d, key), d["lengths"], d["depths"], "viridis", 0, 1,
+                      label if label == attn else f"{label} ({attn})")
     fig.colorbar(im, ax=axes[:n], label=f"passkey {key}", shrink=0.85)
     if n >= 2:
         a, b = results[0], results[1]
@@ -169,7 +175,8 @@ def plot_passkey(results, labels, out, key="accuracy"):
         y = [np.nan if np.isnan(r).all() else np.nanmean(r) for r in _grid(d, key)]   # oom rows: gap
         ax.plot(x, y, marker="o", color=f"C{i}", label=f"{label} (segment {seg})")
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="memory compressions (prompt length / segment)", ylabel=f"{key}, mean over depths",
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set(xlabel="compressions (length / segment)", ylabel=f"{key}, mean over depths",
            ylim=(-0.02, 1.02), title="accuracy vs compressions")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

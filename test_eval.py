@@ -169,6 +169,21 @@ def test_full_attention_oom_is_recorded(enc, monkeypatch):
     assert all(r["correct"] is None and r["generated"] is None for r in res["records"])
     assert "oom" in passkey.format_table(res)
 
+
+def test_oom_batch_falls_back_to_one_prompt_at_a_time(enc, monkeypatch):
+    model = Llama(make_config("tiny", attn="full")).eval()
+    real, sizes = passkey.greedy_continue, []
+
+    def small_only(model, x, *a, **k):
+        sizes.append(x.size(0))
+        if x.size(0) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, x, *a, **k)
+    monkeypatch.setattr(passkey, "greedy_continue", small_only)
+    res = passkey.evaluate(model, enc, [128], [50], samples=6, new_tokens=2, progress=False)
+    assert max(sizes) > 1 and sizes.count(1) >= 2                 # a batch was tried, then single prompts
+    assert res["accuracy"][0][0] is not None and all(isinstance(r["generated"], str) for r in res["records"])
+
 # -----------------------------------------------------------------------------
 # end to end
 
