@@ -133,16 +133,23 @@ def _can_connect(host, port=443, timeout=5.0):
         return False
 
 
+def hub_reachable():
+    """False when the Hugging Face Hub is surely out of reach: HF_HUB_OFFLINE set, or no TCP connection to
+    it within 5 s. Offline, `datasets` would retry for ~30 s and print a page of warnings instead.
+    (True behind an HTTPS proxy, where a direct connection may fail though the Hub is reachable.)"""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return False
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    return _can_connect(urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname)
+
+
 def hub_texts(dataset, name):
     """An iterator over the documents of a Hub dataset, streamed (no full download). The first document is
     fetched here, eagerly, so that being offline gives one line and no traceback."""
     offline = (f"error: cannot reach the Hugging Face Hub to stream {dataset} ({name}). Offline, tokenize local "
                "files instead: --input='path/*.parquet' (or .jsonl/.txt with a 'text' field)")
-    # a quick TCP probe first: offline, `datasets` would retry for ~30 s and print a page of warnings
-    # (skipped behind a proxy, where a direct connection may fail though the Hub is reachable)
-    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or not (
-            os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or _can_connect(host)):
+    if not hub_reachable():
         raise SystemExit(offline)
     try:
         import datasets

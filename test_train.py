@@ -250,3 +250,83 @@ def test_ddp_matches_single_process_and_resumes(shards, tmp_path):
     r = run("train.py", *tiny_args(shards, ddp_split, "--resume=1"), torchrun=2)
     assert r.returncode == 0, r.stderr[-3000:]
     assert losses(ddp_split) == losses(single)
+
+# -----------------------------------------------------------------------------
+# finetune.py
+
+@pytest.fixture(scope="module")
+def pretrained(shards, tmp_path_factory):
+    """A train.py checkpoint of the tiny model (GPT-2 vocabulary), its gates moved away from 0.5 by hand."""
+    out = str(tmp_path_factory.mktemp("pretrained"))
+    train.main(tiny_args(shards, out, "--vocab_size=50304", "--steps=1"))
+    path = os.path.join(out, "ckpt.pt")
+    ckpt = train.load_checkpoint(path)
+    for layer in range(2):
+        ckpt["model"][f"blocks.{layer}.attn.beta"] = torch.tensor([-2.0, -0.5, 1.0, 2.0]) * (layer + 1)
+    train.save_checkpoint(path, ckpt)
+    model = Llama(LlamaConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return path, model.gates()
+
+
+def ft_args(init, out_dir, *extra):
+    return [f"--init={init}", f"--out_dir={out_dir}", "--device=cpu", "--dtype=float32", "--compile=0",
+            "--seq_len=256", "--min_len=100", "--batch_size=2", "--grad_accum=2", "--steps=3", "--warmup=1",
+            "--log_every=1", "--eval_every=0", "--eval_tokens=512", *extra]
+
+
+@needs_tokenizer
+def test_finetune_keeps_gates_and_resumes(pretrained, tmp_path, monkeypatch):
+    import finetune
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    init, gates = pretrained
+    assert not torch.allclose(gates, torch.full_like(gates, 0.5))
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    finetune.main(ft_args(init, full))
+    # the gates as loaded, before the first fine-tuning step, are the pretrained ones (P1's code reset them to 0.5)
+    assert torch.equal(torch.tensor(rows(full, "config")[0]["gates"]), gates)
+    after = torch.tensor(rows(full)[-1]["gates"])
+    assert torch.allclose(after, gates, atol=0.02) and not torch.equal(after, gates)  # trained, at beta lr 1.5e-4
+    ls = losses(full)
+    assert len(ls) == 3 and all(np.isfinite(ls)) and len(rows(full, "val_loss")) == 1
+    ckpt = train.load_checkpoint(os.path.join(full, "ckpt.pt"))
+    assert ckpt["step"] == 3 and ckpt["config"] == train.load_checkpoint(init)["config"]
+    finetune.main(ft_args(init, split, "--halt_at=1"))
+    finetune.main(ft_args(init, split, "--resume=1"))
+    assert losses(split) == ls
+
+
+@needs_tokenizer
+def test_finetune_packing(monkeypatch):
+    import re
+    import finetune
+    import passkey
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    enc = prepare_fineweb.gpt2_encoding()
+    sample = finetune.needle_sampler(enc, seq_len=512, min_len=100)
+    x, y = finetune.make_batch(range(5, 9), 512, sample, "answer", seed=3)
+    x2, y2 = finetune.make_batch(range(5, 9), 512, sample, "answer", seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2) and x.shape == y.shape == (4, 512)
+    assert not torch.equal(x, finetune.make_batch(range(6, 10), 512, sample, "answer", seed=3)[0])
+    xa, ya = finetune.make_batch(range(5, 9), 512, sample, "all", seed=3)
+    assert torch.equal(xa, x)
+    for r in range(4):
+        text = enc.decode(x[r].tolist())
+        keys = re.findall(r"The pass key is (\d+)\. Remember it\.", text)
+        assert keys and all(not passkey.is_eval_key(int(k)) for k in keys)
+        assert text.count("What is the pass key? The pass key is") >= len(keys) - 1  # the last may be cut
+        # answer-only targets: exactly the answers " {k}." of the samples that fit whole
+        kept = enc.decode([t for t in y[r].tolist() if t >= 0])
+        assert kept and kept == "".join(f" {k}." for k in keys[:kept.count(".")])
+        assert ((ya[r] >= 0).sum() > 5 * (y[r] >= 0).sum()) and torch.equal(ya[r][y[r] >= 0], y[r][y[r] >= 0])
+
+
+@needs_tokenizer
+def test_finetune_bad_input_one_line(pretrained, tmp_path):
+    init, _ = pretrained
+    for extra, expect in [(["--attn=local"], "keeps the pretrained architecture"),
+                          (["--init=" + str(tmp_path / "none.pt")], "none.pt does not exist"),
+                          (["--parquet=" + str(tmp_path / "none.parquet")], "cannot read columns")]:
+        r = run("finetune.py", *ft_args(init, str(tmp_path / "o"), *extra))
+        assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+        assert expect in r.stderr

@@ -76,18 +76,21 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     pass  # keep the docstring's line breaks and show every default in --help
 
 
-def get_parser(description=__doc__):
-    """The flags shared by train.py and finetune.py (finetune changes defaults and adds its own)."""
+def get_parser(description=__doc__, model_from=None):
+    """The flags shared by train.py and finetune.py (finetune changes defaults and adds its own).
+    model_from: a phrase like "the checkpoint": the model flags then default to None, meaning "from there"."""
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
     a = p.add_argument
-    # model (presets in model.py; None = the preset's value)
-    a("--model", default="300m", help="size preset: 300m (P1), small, tiny")
-    a("--vocab_size", type=int, default=None, help="override the preset's 50304 (GPT-2 padded); tokens must be below it")
-    a("--attn", default="infini", help="infini | local (P1's baseline: no memory) | full")
-    a("--update", default="delta", help="memory update: delta (P2 eq. 9, P1) | linear (eq. 8)")
-    a("--gate", default="hard_sigmoid", help="hard_sigmoid (P1) | sigmoid (P2)")
-    a("--segment", type=int, default=1024, help="segment length N for infini/local")
+    # model (presets in model.py)
+    d = (lambda v: v) if model_from is None else (lambda v: None)
+    note = "" if model_from is None else f"; None = from {model_from}"
+    a("--model", default=d("300m"), help="size preset: 300m (P1), small, tiny" + note)
+    a("--vocab_size", type=int, default=None, help="override the preset's 50304 (GPT-2 padded); tokens must be below it" + note)
+    a("--attn", default=d("infini"), help="infini | local (P1's baseline: no memory) | full" + note)
+    a("--update", default=d("delta"), help="memory update: delta (P2 eq. 9, P1) | linear (eq. 8)" + note)
+    a("--gate", default=d("hard_sigmoid"), help="hard_sigmoid (P1) | sigmoid (P2)" + note)
+    a("--segment", type=int, default=d(1024), help="segment length N for infini/local" + note)
     # data and batch
     a("--data_dir", default="data/fineweb10B", help="folder of *_train_*.bin / *_val_*.bin shards (prepare_fineweb.py)")
     a("--seq_len", type=int, default=8192, help="tokens per training sequence (a multiple of --segment)")
@@ -356,7 +359,8 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
             f"(non-embedding), world {ctx.world}, {init_note or ''}",
             config=dataclasses.asdict(cfg), args=vars(args), start_step=start, world_size=ctx.world,
             torch=torch.__version__, gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            params=model.num_params(non_embedding=False), cmd=" ".join(sys.argv))
+            params=model.num_params(non_embedding=False), cmd=" ".join(sys.argv),
+            gates=model.gates().tolist() if model.gates() is not None else None)  # as loaded: P1 once lost them
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
     flops_per_token = model.flops_per_token(args.seq_len)
     peak = peak_flops(device, args.dtype)
