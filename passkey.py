@@ -30,7 +30,6 @@ INTRO = ("There is an important info hidden inside a lot of irrelevant text. Fin
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = " The pass key is {k}. Remember it. {k} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
-ANSWER = " {k}."
 
 # -----------------------------------------------------------------------------
 # keys: a fixed split of the key space, so fine-tuning never sees an evaluation key
@@ -83,8 +82,8 @@ def make_sample(enc, length, depth, key, filler="p2", filler_ids=None, rng=None,
         raise ValueError(f"length {length} is too short for the template ({length - n_fill} tokens without filler)")
 
     if filler == "p2":
-        # whole filler passages, after the first n_fill % 24 tokens of one: the price of an exact
-        # length is one unfinished sentence near the start; the text before the question ends on "again."
+        # a partial passage (its first n_fill % 24 tokens), then whole ones: the price of an exact length
+        # is one unfinished sentence near the start, and the text before the question ends on "again."
         sentence = enc.encode(FILLER)
         stream = sentence[:n_fill % len(sentence)] + sentence * (n_fill // len(sentence))
         dot = enc.encode(".")[-1]
@@ -129,7 +128,7 @@ def read_prompt(model, prompt, chunk=None):
     tail of 1..segment tokens is streamed in chunks of `chunk` tokens (a multiple of the segment), the
     per-layer memory carried from chunk to chunk, so the tail starts on a segment boundary. local:
     the same tail with no memory, which is exact: local attention never looks past its own segment.
-    Either way activation memory is flat in P: at most a chunk (or the tail) runs at a time.
+    For infini and local, activation memory is thus flat in P: at most a chunk (or the tail) at a time.
     """
     cfg = model.cfg
     if cfg.attn == "full":
@@ -251,7 +250,7 @@ def main(argv=None):
     p.add_argument("--ckpt", help="checkpoint written by train.py / finetune.py")
     p.add_argument("--random_init", action="store_true", help="no checkpoint: a random model (smoke test)")
     p.add_argument("--model", default="tiny", help="preset for --random_init")
-    p.add_argument("--attn", default="infini", help="attention for --random_init: infini | local | full")
+    p.add_argument("--attn", default="infini", choices=["infini", "local", "full"], help="attention for --random_init")
     p.add_argument("--segment", type=int, default=None, help="segment for --random_init (default: the preset's)")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
     p.add_argument("--depths", type=int, nargs="+", default=[0, 25, 50, 75, 100], help="needle depths in percent")

@@ -6,6 +6,7 @@ tests that need it are skipped, saying so, when that file is missing.
 import json
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -168,6 +169,26 @@ def test_full_attention_oom_is_recorded(enc, monkeypatch):
     assert calls and res["accuracy"] == [[None, None], [None, None]] and res["exact"] == [[None, None], [None, None]]
     assert all(r["correct"] is None and r["generated"] is None for r in res["records"])
     assert "oom" in passkey.format_table(res)
+
+
+def test_grid_counts_a_model_that_finds_the_needle(enc, monkeypatch):
+    # an oracle that reads the key off the needle scores 1.0 everywhere; one that is off by one, 0.0
+    model = Llama(make_config("tiny", attn="local")).eval()
+    marker = enc.encode(" The pass key is")
+
+    def oracle(shift):
+        def fake(model, x, new_tokens, chunk=None):
+            outs = []
+            for row in x.tolist():
+                i = next(i for i in range(len(row)) if row[i:i + len(marker)] == marker) + len(marker)
+                key = int(re.match(r"\s*(\d+)", enc.decode(row[i:i + 8])).group(1))
+                outs.append((enc.encode(f" {key + shift}.") + [0] * new_tokens)[:new_tokens])
+            return torch.tensor(outs)
+        return fake
+    for shift, want in ((0, 1.0), (1, 0.0)):
+        monkeypatch.setattr(passkey, "greedy_continue", oracle(shift))
+        res = passkey.evaluate(model, enc, [128, 512], [0, 50, 100], samples=3, new_tokens=4, progress=False)
+        assert res["accuracy"] == [[want] * 3] * 2 and res["exact"] == [[want] * 3] * 2
 
 
 def test_oom_batch_falls_back_to_one_prompt_at_a_time(enc, monkeypatch):
