@@ -113,47 +113,50 @@ def sigma(x):
 EPS = 1e-6  # floor of the normaliser sigma(q) z: an empty memory (z = 0) then reads exactly zeros, never 0/0
 
 
-def compressive_memory(sq, sk, v, update, n_full, memory=None):
-    """Retrieve from, then update, the memory of every segment.
+def normaliser(s, z):
+    """sigma(Q) z_{s-1} per token, (..., N, 1), as an fp32 sum (P2's denominator). s (..., N, D), z (..., D)."""
+    return (s.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True).clamp_min(EPS)
 
-    sq, sk, v: (B, S, H, N, D) float32, sq = sigma(Q), sk = sigma(K), taken before RoPE.
-    n_full: how many of the S segments are complete (only those update the memory that is returned).
+
+def compressive_memory(sq, sk, v, update, n_full, memory=None):
+    """Retrieve from, then update, the memory of every segment at once.
+
+    sq, sk, v: (B, S, H, N, D); sq = sigma(Q), sk = sigma(K), taken before RoPE. They stay in the compute
+    dtype (bf16 under autocast, as they leave bf16 matmuls) and feed the matmuls as operands, which
+    accumulate in fp32; the state M, z, the normaliser and the division are fp32 (fp64 for fp64 inputs).
+    n_full: how many of the S segments are complete (only those write to the memory that is returned).
     memory: (M, z) with M (B, H, D, D), z (B, H, D) left by earlier segments, or None (empty).
-    Returns A_mem (B, S, H, N, D), where segment s reads M_{s-1}, and (M, z) after segment n_full.
+    Returns A_mem (B, S, H, N, D) in fp32, where segment s reads M_{s-1}, and (M, z) after segment n_full.
     """
     B, S, H, N, D = sq.shape
-    if memory is None:
-        M0 = sq.new_zeros(B, H, D, D)
-        z0 = sq.new_zeros(B, H, D)
-    else:
-        M0, z0 = memory
-    dz = sk.sum(dim=3)                                        # (B, S, H, D): sum_t sigma(K_t)
+    sd = torch.promote_types(sq.dtype, torch.float32)                  # the state's dtype
+    M0, z0 = memory if memory is not None else (sq.new_zeros(B, H, D, D, dtype=sd), sq.new_zeros(B, H, D, dtype=sd))
+    # z_s = z_{s-1} + sum_t sigma(K_t) (eqs. 8, 9): every increment is known up front -> one prefix sum
+    z_after = z0[:, None] + sk.sum(dim=3, dtype=sd).cumsum(dim=1)       # (B, S, H, D): z_s for s = 0..S-1
+    z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)           # exclusive: segment s sees z_{s-1}
+    dM = (sk.transpose(-1, -2) @ v).to(sd)                              # sigma(K)^T V per segment (B, S, H, D, D)
     if update == "linear":
-        # eq. 8: M_s = M_{s-1} + sigma(K)^T V. Every increment is known up front, so all the
-        # memories are one prefix sum over segments: no loop at all.
-        dM = sk.transpose(-1, -2) @ v                         # (B, S, H, D, D)
-        M_after = M0[:, None] + dM.cumsum(dim=1)              # M_s for s = 0..S-1
-        z_after = z0[:, None] + dz.cumsum(dim=1)
-        M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)   # exclusive: segment s reads M_{s-1}
-        z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)
-        M_out, z_out = (M_after[:, n_full - 1], z_after[:, n_full - 1]) if n_full > 0 else (M0, z0)
+        # eq. 8: M_s = M_{s-1} + sigma(K)^T V, again a prefix sum over segments: no loop at all
+        M_after = M0[:, None] + dM.cumsum(dim=1)
+        M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
+        M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
-        # eq. 9, the delta rule: write only what the memory does not already return for these keys.
-        # The increment depends on M_{s-1}, so this is a scan over segments (S steps, not T).
-        M, z = M0, z0
-        Ms, zs = [], []
+        # eq. 9, the delta rule, writes only what the memory does not already return for these keys:
+        #   M_s = M_{s-1} + sigma(K)^T (V - sigma(K) M_{s-1} / (sigma(K) z_{s-1}))
+        #       = M_{s-1} - W_s M_{s-1} + dM_s,   W_s = sigma(K)^T diag(1 / sigma(K) z_{s-1}) sigma(K).
+        # W_s needs only z_{s-1}, known for all segments, so every O(N) matmul is batched over segments;
+        # the scan that remains is one D x D matmul per segment. (An empty memory has M = 0, so the
+        # huge W_s that the EPS floor gives there multiplies zeros: the first write is plain sigma(K)^T V.)
+        W = (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd)
+        M, Ms = M0, []
         for s in range(S):
             Ms.append(M)
-            zs.append(z)
             if s < n_full:
-                k_s = sk[:, s]                                               # (B, H, N, D)
-                v_old = (k_s @ M) / (k_s @ z[..., None]).clamp_min(EPS)      # what M returns for these keys
-                M = M + k_s.transpose(-1, -2) @ (v[:, s] - v_old)
-                z = z + dz[:, s]
-        M_prev, z_prev = torch.stack(Ms, dim=1), torch.stack(zs, dim=1)
-        M_out, z_out = M, z
+                M = M + dM[:, s] - W[:, s] @ M
+        M_prev, M_out = torch.stack(Ms, dim=1), M
+    z_out = z_after[:, n_full - 1] if n_full > 0 else z0
     # eq. 7: A_mem = sigma(Q) M_{s-1} / (sigma(Q) z_{s-1}); zeros while the memory is empty
-    a_mem = (sq @ M_prev) / (sq @ z_prev[..., None]).clamp_min(EPS)
+    a_mem = (sq @ M_prev.to(sq.dtype)).to(sd) / normaliser(sq, z_prev)
     return a_mem, (M_out, z_out)
 
 # -----------------------------------------------------------------------------
@@ -208,12 +211,14 @@ class Attention(nn.Module):
             # memory math in float32 with autocast off: under autocast even .float() tensors would be
             # multiplied in bf16, and the normaliser sigma(Q) z (a sum over ~1e5 terms) needs the range
             with torch.autocast(device_type=x.device.type, enabled=False):
-                up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # bf16 -> fp32; fp64 stays
-                per_head = lambda t: up(t.transpose(2, 3))                          # (B, S, H, N, D)
+                # autocast off: we choose each op's precision ourselves (see compressive_memory);
+                # sigma is evaluated in fp32 and stored in the compute dtype of q
+                per_head = lambda t: t.transpose(2, 3)                              # (B, S, H, N, D)
+                sig = lambda t: sigma(t.to(torch.promote_types(t.dtype, torch.float32))).to(t.dtype)
                 a_mem, new_memory = compressive_memory(
-                    sigma(per_head(q)), sigma(per_head(k)), per_head(v), self.cfg.update, n_full, memory)
+                    sig(per_head(q)), sig(per_head(k)), per_head(v), self.cfg.update, n_full, memory)
                 g = self.gate().to(a_mem.dtype).view(1, 1, H, 1, 1)
-                y = (g * a_mem + (1.0 - g) * up(y)).to(y.dtype)                    # eq. 10
+                y = (g * a_mem + (1.0 - g) * y.to(a_mem.dtype)).to(y.dtype)       # eq. 10
 
         y = y.transpose(2, 3).reshape(B, S * N, C)[:, :T]                  # (B, S, N, H, D) -> (B, T, C)
         return self.wo(y), new_memory
@@ -292,14 +297,18 @@ class Llama(nn.Module):
         for block, mem in zip(self.blocks, layer_mem):
             x, mem = block(x, cos, sin, mem)
             new_memory.append(mem)
-        x = self.norm(x)
         if last_only:
             x = x[:, -1:]
-        logits = self.lm_head(x)
+        logits, loss = self.head(x, targets)
+        return logits, loss, (new_memory if cfg.attn == "infini" else None)
+
+    def head(self, x, targets=None):
+        """Final norm, vocabulary projection and loss (its own method so compile_model can fuse it)."""
+        logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss, (new_memory if cfg.attn == "infini" else None)
+        return logits, loss
 
     def gates(self):
         """(n_layer, n_head) memory-gate values g in [0, 1]; None unless attn == "infini"."""
@@ -348,3 +357,14 @@ class Llama(nn.Module):
             logits, _, _ = self(idx, memory=memory, last_only=True)
             idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
         return idx
+
+
+def compile_model(model):
+    """torch.compile each block and the head, in place (state_dict keys unchanged). The blocks are
+    identical, so one compiled graph serves all of them: compile time is that of one layer, not
+    n_layer, and the delta rule's segment loop is unrolled once. Compiling the head fuses the fp32
+    upcast and log-softmax over the 50K vocabulary instead of materialising them."""
+    for block in model.blocks:
+        block.compile()
+    model.head = torch.compile(model.head)
+    return model

@@ -1,0 +1,208 @@
+"""
+GPU measurements, each a mode of this one script so a single device call can run them all:
+
+  python bench.py --mode=check    # fast path (bf16 autocast, GPU) vs the float64 reference of test_model.py
+  python bench.py --mode=train    # training tokens/s, MFU, peak memory: full / local / infini-linear / infini-delta
+  python bench.py --mode=stream   # prefill in streaming mode: peak memory and tokens/s, 8K .. 1M tokens
+  python bench.py --mode=check,train,stream --out_dir=results
+
+Training throughput: synthetic tokens (random, not zeros), forward + backward + clip + fused AdamW
+step, bf16 autocast, compiled per block (model.compile_model), the same global batch of --tokens
+tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
+separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from model import Llama, compile_model, make_config
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 FLOP/s by datasheet
+
+
+def gpu_name():
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def peak_flops():
+    return next((v for k, v in PEAK_BF16.items() if k in gpu_name()), None)
+
+
+def write_rows(path, rows):
+    # rewritten after every row, so a run cut off at the device's time limit still leaves its numbers
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def check(args):
+    """The 300m-shaped Infini layer on the GPU under bf16 autocast (TF32 on, as in training) against
+    test_model.ref_attention, the float64 per-segment loop written from P2 eqs. 7-10."""
+    from model import Attention, rope_cos_sin
+    from test_model import ref_attention
+    rows = []
+    for update in ["linear", "delta"]:
+        torch.manual_seed(0)
+        cfg = make_config("300m", attn="infini", update=update, segment=1024)
+        layer = Attention(cfg)
+        with torch.no_grad():
+            layer.beta.normal_(0, 2.0)
+        x = torch.randn(2, 3 * 1024 + 500, cfg.n_embd)                   # 3 full segments + a short one
+        y_ref, mem_ref = ref_attention(layer.double(), x.double())
+        layer = layer.float().cuda()
+        cos, sin = rope_cos_sin(cfg.segment, cfg.head_dim, cfg.rope_theta, "cuda", torch.float32)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y, mem = layer(x.cuda(), cos, sin)
+        err = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()
+        row = dict(update=update, rel_err_out=err(y, y_ref), rel_err_M=err(mem[0], mem_ref[0]),
+                   rel_err_z=err(mem[1], mem_ref[1]), finite=bool(torch.isfinite(y).all()))
+        print(f"check {update:6s}: output rel err {row['rel_err_out']:.2e}, M {row['rel_err_M']:.2e}, "
+              f"z {row['rel_err_z']:.2e} (bf16 projections + attention, fp32/TF32 memory)")
+        rows.append(row)
+    return rows
+
+
+def train_throughput(args):
+    rows, path = [], os.path.join(args.out_dir, f"bench_{args.tag}.json")
+    for T in args.Ts:
+        for variant in args.variants:
+            attn, _, update = variant.partition("-")
+            torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
+            torch.manual_seed(0)
+            cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment)
+            model = Llama(cfg).cuda()
+            opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
+            if args.compile:
+                compile_model(model)
+            B = args.tokens // T
+            data = torch.randint(0, 50257, (B, T + 1), device="cuda")
+
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    _, loss, _ = model(data[:, :-1], data[:, 1:])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                return loss
+
+            torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            for _ in range(args.warmup):
+                step()
+            torch.cuda.synchronize()
+            compile_s = time.perf_counter() - t0
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(args.steps):
+                loss = step()
+            end.record()
+            torch.cuda.synchronize()
+            dt = start.elapsed_time(end) / 1e3 / args.steps
+            tok_s = B * T / dt
+            peak = peak_flops()
+            row = dict(attn=attn, update=update or None, T=T, batch=B, tok_s=round(tok_s),
+                       mfu=round(model.flops_per_token(T) * tok_s / peak, 4) if peak else None,
+                       peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                       compile_s=round(compile_s, 1), step_ms=round(dt * 1e3, 1), loss=round(loss.item(), 3))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            write_rows(path, rows)
+            if (variant, T) == (args.profile, args.profile_T):
+                profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
+            del model, opt, data
+            torch.cuda.empty_cache()
+    # the table, with ratios against full attention measured in this same run
+    full = {r["T"]: r for r in rows if r["attn"] == "full"}
+    print(f"\n{'variant':14s} {'T':>6s} {'B':>3s} {'tok/s':>9s} {'x full':>7s} {'MFU':>6s} {'peak GB':>8s} {'compile s':>9s}")
+    for r in rows:
+        name = r["attn"] + (f"-{r['update']}" if r["update"] else "")
+        ratio = r["tok_s"] / full[r["T"]]["tok_s"] if r["T"] in full else float("nan")
+        print(f"{name:14s} {r['T']:6d} {r['batch']:3d} {r['tok_s']:9d} {ratio:7.2f} {r['mfu'] or 0:6.3f} "
+              f"{r['peak_gb']:8.2f} {r['compile_s']:9.1f}")
+    return rows
+
+
+def profile(step, path):
+    """Where the time of one configuration goes: the top CUDA kernels over 3 steps."""
+    from torch.profiler import ProfilerActivity
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    print(table)
+    with open(path, "w") as f:
+        f.write(table)
+
+
+def stream(args):
+    """Prefill a long prompt chunk by chunk. infini carries (M, z) between chunks, so activation memory
+    is that of one chunk whatever the length; full attention takes the prompt in one call."""
+    rows, path = [], os.path.join(args.out_dir, f"streaming_{args.tag}.json")
+    for attn in ["infini", "full"]:
+        torch.manual_seed(0)
+        model = Llama(make_config(args.model, attn=attn, segment=args.segment)).cuda().eval()
+        for length in args.lengths:
+            if attn == "full" and length > args.full_max:
+                continue
+            idx = torch.randint(0, 50257, (1, length), device="cuda")
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            try:
+                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                    t0 = time.perf_counter()
+                    if attn == "full":
+                        logits = model(idx, last_only=True)[0]
+                    else:
+                        mem = None
+                        for i in range(0, length, args.chunk):
+                            logits, _, mem = model(idx[:, i:i + args.chunk], memory=mem, last_only=True)
+                    torch.cuda.synchronize()
+                    dt = time.perf_counter() - t0
+                row = dict(attn=attn, length=length, peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                           tok_s=round(length / dt))
+            except torch.cuda.OutOfMemoryError:
+                row = dict(attn=attn, length=length, peak_gb=None, tok_s=None, oom=True)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            write_rows(path, rows)
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mode", default="check,train,stream", help="comma-separated: check, train, stream")
+    p.add_argument("--model", default="300m")
+    p.add_argument("--segment", type=int, default=1024)
+    p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384])
+    p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear", "infini-delta"])
+    p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--compile", type=int, default=1)
+    p.add_argument("--profile", default="infini-linear", help="variant to profile (kernel table), or none")
+    p.add_argument("--profile_T", type=int, default=8192)
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072, 1048576])
+    p.add_argument("--chunk", type=int, default=8192, help="streaming chunk, a multiple of the segment")
+    p.add_argument("--full_max", type=int, default=131072, help="longest prompt tried with full attention")
+    p.add_argument("--out_dir", default="results")
+    p.add_argument("--tag", default=None, help="file-name tag; default: the GPU's short name")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
+    args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")
+    torch.backends.cuda.matmul.allow_tf32 = True                  # as in train.py: fp32 memory matmuls on TF32 cores
+    torch.backends.cudnn.allow_tf32 = True
+    print(f"{gpu_name()} | torch {torch.__version__}", flush=True)
+    out = {}
+    for mode in args.mode.split(","):
+        out[mode] = {"check": check, "train": train_throughput, "stream": stream}[mode](args)
+    if "check" in out:
+        write_rows(os.path.join(args.out_dir, f"check_{args.tag}.json"), out["check"])
