@@ -23,6 +23,7 @@ TIKTOKEN_CACHE = os.path.join(os.environ.get("INFINI_SHARED", os.path.join(REPO,
 needs_tokenizer = pytest.mark.skipif(not os.path.isdir(TIKTOKEN_CACHE), reason=f"no tiktoken cache at {TIKTOKEN_CACHE}")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TIKTOKEN_CACHE_DIR": TIKTOKEN_CACHE}
 VOCAB = 64
+torch.set_num_threads(1)  # tiny ops: threads only add overhead, and contention when the machine is busy
 
 
 def tiny_args(data_dir, out_dir, *extra):
@@ -227,6 +228,11 @@ def test_bad_input_one_line(shards, tmp_path, case):
         ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
         assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
         assert "(step 1) is kept" in last
+
+
+def test_tokens_beyond_vocab_one_line(shards, tmp_path):
+    with pytest.raises(SystemExit, match="token id 63, the model's vocabulary is 32"):
+        train.main(tiny_args(shards, str(tmp_path / "o"), "--vocab_size=32"))
 
 
 def test_mismatched_checkpoint_one_line(shards, tmp_path):

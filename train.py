@@ -195,6 +195,14 @@ class TokenData:
             raise SystemExit(f"error: the train shards in {data_dir} hold fewer than --seq_len+1 ({seq_len + 1}) tokens")
         self._perm = (None, None)
 
+    def check_vocab(self, vocab_size):
+        """Tokens >= vocab_size would fail deep inside the embedding: check the val shard and the first
+        train shard up front (cheap, and catches a model built for another tokenizer)."""
+        top = int(max(self.val.max(), self.shards[0].max()))
+        if top >= vocab_size:
+            raise SystemExit(f"error: the shards hold token id {top}, the model's vocabulary is {vocab_size}; "
+                             "pass a larger --vocab_size or shards of the matching tokenizer")
+
     def window(self, w):
         i = int(np.searchsorted(self.cum, w, side="right")) - 1
         off = (w - int(self.cum[i])) * self.seq_len
@@ -458,6 +466,7 @@ def main(argv=None):
     cfg = build_config(args.model, vocab_size=args.vocab_size, attn=args.attn, update=args.update,
                        gate=args.gate, segment=args.segment)
     data = TokenData(args.data_dir, args.seq_len, args.seed)
+    data.check_vocab(cfg.vocab_size)
     ctx = setup_distributed(args.device)
     try:
         torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
