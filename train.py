@@ -362,12 +362,13 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
     accum = args.grad_accum // ctx.world  # micro-batches per rank per step
 
     log = Log(args.out_dir, master, start)
+    gates = model.gates()  # as loaded: P1's code once reset them to 0.5 on reload, so the header records them
     log.row(f"{'resuming at step ' + str(start) if start else 'starting'}: {model.num_params() / 1e6:.1f}M params "
             f"(non-embedding), world {ctx.world}, {init_note or ''}",
             config=dataclasses.asdict(cfg), args=vars(args), start_step=start, world_size=ctx.world,
             torch=torch.__version__, gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             params=model.num_params(non_embedding=False), cmd=" ".join(sys.argv),
-            gates=model.gates().tolist() if model.gates() is not None else None)  # as loaded: P1 once lost them
+            gates=gates.tolist() if gates is not None else None)
     tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
     flops_per_token = model.flops_per_token(args.seq_len)
     peak = peak_flops(device, args.dtype)
