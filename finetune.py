@@ -157,8 +157,8 @@ def main(argv=None):
     cfg = finetune_config(src["config"], args, src_path)
     args.attn, args.segment, args.update, args.gate, args.vocab_size = cfg.attn, cfg.segment, cfg.update, cfg.gate, cfg.vocab_size
     train.check_args(args)
-    if not 0 < args.min_len <= args.seq_len:
-        raise SystemExit(f"error: --min_len must be in [1, --seq_len ({args.seq_len})]")
+    if not 100 <= args.min_len <= args.seq_len:  # the passkey template alone is ~70 tokens
+        raise SystemExit(f"error: --min_len must be in [100, --seq_len ({args.seq_len})]")
     enc = gpt2_encoding()
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")

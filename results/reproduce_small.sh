@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# A reduced-scale reproduction of P1 (arXiv 2512.23862) on one GPU, with the project's own scripts.
+#
+#   bash results/reproduce_small.sh prepare   # here, on CPU: offline corpus -> .carry/data (28M tokens)
+#   bash results/reproduce_small.sh pretrain  # GPU call 1: infini (delta, hard sigmoid), local, full
+#   bash results/reproduce_small.sh evaluate  # GPU call 2: passkey zero-shot, needle fine-tuning, passkey again
+#   bash results/reproduce_small.sh plots     # here: PNGs from the logs and passkey JSONs in results/small
+#
+# What is scaled down, and why (the device machine runs 10 minutes a call, 30 minutes a hold):
+# - model: the "small" preset (8 layers, d 512, 8 heads of 64, SwiGLU 2048; 59M parameters without the
+#   embedding table) instead of 300m; the sequence (8192) and segment (1024) are the study's, so every
+#   training sequence is 8 segments, 7 compressions, as in P1.
+# - pretraining: $STEPS steps of 4 x 8192 tokens (the study's batch) on 28M tokens of Wikipedia +
+#   Gutenberg text (the offline stand-in for FineWeb), i.e. ~3.5 epochs, instead of 30K steps of FineWeb.
+# - LRs: 10x the study's (infini 6e-4, baselines 1.2e-3: the same 2x ratio P1 needed for its baseline),
+#   because a 59M model trained for 3K steps at 6e-5 barely leaves the unigram loss; beta keeps the
+#   study's LRs (0.01 pretraining, 1.5e-4 fine-tuning).
+# - fine-tuning: $FT_STEPS steps of 16 x 4096 tokens (study: 500 x 64 x 4096) at 7.5e-4 (10x), P2 filler.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STAGE=${1:?usage: reproduce_small.sh prepare|pretrain|evaluate|plots}
+MODEL=${MODEL:-small}
+STEPS=${STEPS:-3000}
+FT_STEPS=${FT_STEPS:-300}
+SEQ=${SEQ:-8192}
+SEG=${SEG:-1024}
+LENGTHS=${LENGTHS:-"1024 2048 4096 8192 16384 32768"}
+SAMPLES=${SAMPLES:-20}
+EVAL_TOKENS=${EVAL_TOKENS:-262144}
+DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-bfloat16}
+COMPILE=${COMPILE:-1}
+DATA=${DATA:-.carry/data}
+RUNS=${RUNS:-/tmp/repro}                # checkpoints: stay on the device machine between the two calls
+RES=${RES:-results/small}               # small files that come back (logs, JSON)
+export PYTHONUNBUFFERED=1
+export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-.carry/tiktoken_cache}   # the GPT-2 ranks travel with the data
+mkdir -p "$RUNS" "$RES"
+common="--device=$DEVICE --dtype=$DTYPE --compile=$COMPILE"
+
+case $STAGE in
+prepare)
+  mkdir -p .carry/tiktoken_cache && cp ../shared/data/tiktoken_cache/* .carry/tiktoken_cache/
+  python prepare_fineweb.py \
+    --input ../shared/data/wikipedia_en_docs.parquet ../shared/data/gutenberg_en_docs.parquet \
+    --out_dir "$DATA" --max_tokens 28000000 --val_tokens 500000 --shard_size 10000000 ;;
+pretrain)
+  for a in ${WHICH:-infini local full}; do          # WHICH="full": one model per call, if time is short
+    lr=$([ $a = infini ] && echo 6e-4 || echo 1.2e-3)
+    set -- $a $lr
+    min_lr=$(python -c "print($2 / 10)")
+    python train.py --model=$MODEL --attn=$1 --update=delta --gate=hard_sigmoid --seq_len=$SEQ --segment=$SEG \
+      --batch_size=4 --steps=$STEPS --warmup=$((STEPS / 8)) --lr=$lr --min_lr=$min_lr --beta_lr=0.01 \
+      --data_dir=$DATA --out_dir=$RUNS/$1 --eval_every=$((STEPS / 4)) --eval_tokens=${EVAL_TOKENS:-262144} \
+      --ckpt_every=$((STEPS / 4)) --log_every=25 $common > $RUNS/pretrain_$1.txt 2>&1 || { tail -20 $RUNS/pretrain_$1.txt; exit 1; }
+    grep -E "val_loss" $RUNS/pretrain_$1.txt; tail -2 $RUNS/pretrain_$1.txt
+    cp $RUNS/$1/log.jsonl $RES/pretrain_$1.jsonl
+  done ;;
+evaluate)
+  for a in ${WHICH:-infini local full}; do
+    python passkey.py --ckpt=$RUNS/$a/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 --samples $SAMPLES \
+      --seed 0 --batch_size $SAMPLES --device=$DEVICE --out $RES/passkey_${a}_zeroshot.json | tail -9
+    python finetune.py --init=$RUNS/$a/ckpt.pt --out_dir=$RUNS/ft_$a --steps=$FT_STEPS --seq_len=$((SEQ / 2)) \
+      --batch_size=4 --grad_accum=4 --lr=7.5e-4 --min_lr=7.5e-5 --warmup=$((FT_STEPS / 10)) --beta_lr=1.5e-4 \
+      --filler=p2 --data_dir=$DATA --eval_every=$((FT_STEPS / 3)) --ckpt_every=$FT_STEPS --log_every=10 \
+      $common > $RUNS/finetune_$a.txt 2>&1 || { tail -20 $RUNS/finetune_$a.txt; exit 1; }
+    grep -E "val_loss" $RUNS/finetune_$a.txt
+    cp $RUNS/ft_$a/log.jsonl $RES/finetune_$a.jsonl
+    python passkey.py --ckpt=$RUNS/ft_$a/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 --samples $SAMPLES \
+      --seed 0 --batch_size $SAMPLES --device=$DEVICE --out $RES/passkey_${a}_finetuned.json | tail -9
+  done ;;
+plots)
+  python plots.py gates --log $RES/pretrain_infini.jsonl --out $RES/gates_pretrained.png
+  python plots.py gates --log $RES/finetune_infini.jsonl --out $RES/gates_finetuned.png
+  python plots.py gate_trend --log $RES/pretrain_infini.jsonl --out $RES/gate_trend.png
+  python plots.py loss --logs $RES/pretrain_infini.jsonl $RES/pretrain_local.jsonl $RES/pretrain_full.jsonl \
+    --labels infini local full --out $RES/loss.png
+  python plots.py passkey --json $RES/passkey_infini_zeroshot.json $RES/passkey_local_zeroshot.json \
+    $RES/passkey_full_zeroshot.json --labels infini local full --out $RES/passkey_zeroshot.png
+  python plots.py passkey --json $RES/passkey_infini_finetuned.json $RES/passkey_local_finetuned.json \
+    $RES/passkey_full_finetuned.json --labels infini local full --out $RES/passkey_finetuned.png ;;
+*) echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac
