@@ -59,7 +59,7 @@ class LlamaConfig:
 # untied head; with the GPT-2 vocabulary it has 304.4M parameters.
 PRESETS = {
     "300m": dict(n_layer=12, n_head=8, n_embd=1024, ffn_hidden=4096),
-    "small": dict(n_layer=8, n_head=8, n_embd=512, ffn_hidden=2048),    # quick GPU runs (~68M, 25M without embeddings)
+    "small": dict(n_layer=8, n_head=8, n_embd=512, ffn_hidden=2048),    # quick GPU runs: 85M (59M without the embedding table)
     "tiny": dict(n_layer=2, n_head=4, n_embd=64, ffn_hidden=128, segment=16),  # CPU tests and laptops
 }
 
