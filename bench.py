@@ -147,6 +147,8 @@ def stream(args):
     for attn in ["infini", "full"]:
         torch.manual_seed(0)
         model = Llama(make_config(args.model, attn=attn, segment=args.segment)).cuda().eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):   # warm-up: kernels, allocator
+            model(torch.randint(0, 50257, (1, args.chunk), device="cuda"), last_only=True)
         for length in args.lengths:
             if attn == "full" and length > args.full_max:
                 continue

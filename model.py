@@ -6,7 +6,7 @@ Infini-attention) -> Attention (full / local / infini) -> SwiGLU MLP -> Block ->
 
 Equation numbers refer to P2 = Munkhdalai et al. 2024, "Leave No Context Behind"
 (arXiv 2404.07143); the recipe (gate, init, beta LR) follows P1 = "Probing the Limits of
-Compressive Memory" (arXiv 2512.23862). ../shared/REPRODUCTION.md has every number with sources.
+Compressive Memory" (arXiv 2512.23862). Sources for every number are cited where it is used.
 
 Shapes: B batch, T tokens, C = n_embd, H heads, D head dim, N segment length, S segments.
 """

@@ -183,6 +183,23 @@ def plot_passkey(results, labels, out, key="accuracy"):
     save(fig, out)
 
 
+def plot_streaming(rows, out):
+    """bench.py --mode=stream rows {attn, length, peak_gb, tok_s}: peak memory and prefill speed vs length."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for attn in sorted({r["attn"] for r in rows}):
+        rs = sorted((r for r in rows if r["attn"] == attn and r.get("peak_gb") is not None), key=lambda r: r["length"])
+        L = [r["length"] for r in rs]
+        a1.plot(L, [r["peak_gb"] for r in rs], "o-", label=attn)
+        a2.plot(L, [r["tok_s"] / 1e3 for r in rs], "o-", label=attn)
+    for ax, ylabel, title in [(a1, "peak GPU memory (GB)", "memory"), (a2, "prefill tokens/s (thousands)", "speed")]:
+        ax.set(xscale="log", xlabel="prompt length (tokens)", ylabel=ylabel, title=f"streaming prefill: {title}")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save(fig, out)
+
+
 def save(fig, out):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=130)
@@ -211,6 +228,9 @@ def main(argv=None):
     s.add_argument("--labels", nargs="+")
     s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"])
     s.add_argument("--out", default="passkey.png")
+    s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length")
+    s.add_argument("--json", required=True)
+    s.add_argument("--out", default="streaming.png")
     args = p.parse_args(argv)
 
     def labels_for(paths):
@@ -230,6 +250,14 @@ def main(argv=None):
         plot_loss([read_log(x) for x in args.logs], labels_for(args.logs), args.out)
     elif args.cmd == "passkey":
         plot_passkey([read_json(x) for x in args.json], labels_for(args.json), args.out, args.metric)
+    elif args.cmd == "streaming":
+        try:
+            with open(args.json) as f:
+                rows = json.load(f)
+            assert isinstance(rows, list) and all({"attn", "length"} <= r.keys() for r in rows)
+        except (OSError, ValueError, AssertionError, AttributeError) as e:
+            raise SystemExit(f"error: {args.json} is not a bench.py --mode=stream result ({type(e).__name__})")
+        plot_streaming(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ Tokenize FineWeb sample-10BT (or local text files) into llm.c-style uint16 token
 
     python prepare_fineweb.py                                   # FineWeb sample-10BT from the HF Hub (~10B tokens)
     python prepare_fineweb.py --max_tokens=1000000000           # just the first ~1B tokens (enough for P1's 983M)
-    python prepare_fineweb.py --input='../shared/data/*.parquet' --out_dir=data/wiki   # offline, local files
+    python prepare_fineweb.py --input='corpus/*.parquet' --out_dir=data/local   # offline, local files
 
 Every document is encoded with GPT-2 BPE (`encode_ordinary`, so text that looks like a special token
 stays text) and followed by <|endoftext|> (50256); documents are concatenated and cut into shards.
@@ -39,8 +39,8 @@ def gpt2_encoding():
         except Exception:
             continue
     raise SystemExit("error: cannot load the GPT-2 BPE vocabulary (tiktoken needs the network to fetch it). "
-                     "Offline, set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached r50k_base file, "
-                     "e.g. TIKTOKEN_CACHE_DIR=../shared/data/tiktoken_cache")
+                     "Offline, set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached r50k_base file "
+                     "(file name 0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4, copied from a machine with network)")
 
 # -----------------------------------------------------------------------------
 # the shard format

@@ -283,8 +283,16 @@ def test_plots_from_logs_and_results(tmp_path):
     plots.main(["loss", "--logs", str(a), str(b), "--labels", "infini", "local", "--out", str(outs["loss"])])
     plots.main(["passkey", "--json", str(ra), str(rb), "--labels", "infini", "full", "--out", str(outs["pk"])])
     plots.main(["passkey", "--json", str(ra), "--out", str(outs["pk1"])])
+    stream = tmp_path / "stream.json"
+    stream.write_text(json.dumps([dict(attn="infini", length=L, peak_gb=1.9, tok_s=2.9e5) for L in (8192, 32768)]
+                                 + [dict(attn="full", length=8192, peak_gb=1.8, tok_s=1.2e5),
+                                    dict(attn="full", length=32768, peak_gb=None, tok_s=None, oom=True)]))
+    outs["stream"] = tmp_path / "stream.png"
+    plots.main(["streaming", "--json", str(stream), "--out", str(outs["stream"])])
     for name, p in outs.items():
         assert is_png(p), name
+    with pytest.raises(SystemExit, match="not a bench.py"):
+        plots.main(["streaming", "--json", str(ra), "--out", str(tmp_path / "bad.png")])
     g, step = plots.gates_from_log(str(a))
     assert g.shape == (3, 4) and step == 19
 
