@@ -1,0 +1,370 @@
+"""
+Infini-LLaMA: a small LLaMA whose attention layers can be Infini-attention.
+
+Read top to bottom: config -> RMSNorm -> RoPE -> the compressive memory (the heart of
+Infini-attention) -> Attention (full / local / infini) -> SwiGLU MLP -> Block -> Llama.
+
+Equation numbers refer to P2 = Munkhdalai et al. 2024, "Leave No Context Behind"
+(arXiv 2404.07143); the recipe (gate, init, beta LR) follows P1 = "Probing the Limits of
+Compressive Memory" (arXiv 2512.23862). ../shared/REPRODUCTION.md has every number with sources.
+
+Shapes: B batch, T tokens, C = n_embd, H heads, D head dim, N segment length, S segments.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# config
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 50304      # GPT-2's 50257 padded up to a multiple of 64 (faster matmuls)
+    n_layer: int = 12
+    n_head: int = 8
+    n_embd: int = 1024
+    ffn_hidden: int = 4096       # SwiGLU hidden size
+    segment: int = 1024          # N: tokens per segment for "infini" and "local"
+    attn: str = "infini"         # "infini" (memory + local) | "local" (segments, no memory) | "full"
+    update: str = "delta"        # memory update rule: "delta" (eq. 9, P1's choice) | "linear" (eq. 8)
+    gate: str = "hard_sigmoid"   # "hard_sigmoid" (P1: clamp(0.2b+0.5, 0, 1)) | "sigmoid" (P2)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self):
+        # one clear ValueError per mistake, so a bad flag never turns into a shape error deep inside
+        checks = [
+            (self.attn in ("infini", "local", "full"), f"attn must be 'infini', 'local' or 'full', got {self.attn!r}"),
+            (self.update in ("delta", "linear"), f"update must be 'delta' or 'linear', got {self.update!r}"),
+            (self.gate in ("hard_sigmoid", "sigmoid"), f"gate must be 'hard_sigmoid' or 'sigmoid', got {self.gate!r}"),
+            (self.n_head > 0 and self.n_embd % self.n_head == 0,
+             f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"),
+            ((self.n_embd // max(self.n_head, 1)) % 2 == 0, "head dim (n_embd / n_head) must be even for RoPE"),
+            (isinstance(self.segment, int) and self.segment > 0, f"segment must be a positive integer, got {self.segment!r}"),
+            (min(self.vocab_size, self.n_layer, self.ffn_hidden) > 0, "vocab_size, n_layer and ffn_hidden must be positive"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+# Named sizes. "300m" is the study's model (P1): 12 layers, d 1024, 8 heads of 128, SwiGLU 4096,
+# untied head; with the GPT-2 vocabulary it has 304.4M parameters.
+PRESETS = {
+    "300m": dict(n_layer=12, n_head=8, n_embd=1024, ffn_hidden=4096),
+    "small": dict(n_layer=8, n_head=8, n_embd=512, ffn_hidden=2048),    # quick GPU runs (~68M, 25M without embeddings)
+    "tiny": dict(n_layer=2, n_head=4, n_embd=64, ffn_hidden=128, segment=16),  # CPU tests and laptops
+}
+
+
+def make_config(model="300m", **overrides):
+    """A preset plus overrides; overrides equal to None are ignored (handy for flags)."""
+    if model not in PRESETS:
+        raise ValueError(f"unknown model preset {model!r}; choose one of {sorted(PRESETS)}")
+    kw = {**PRESETS[model], **{k: v for k, v in overrides.items() if v is not None}}
+    return LlamaConfig(**kw)
+
+# -----------------------------------------------------------------------------
+# building blocks
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in float32 even under bf16 autocast (llama does the same), then cast back
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).type_as(x)
+
+
+def rope_cos_sin(n_pos, head_dim, theta, device, dtype):
+    """cos and sin of shape (n_pos, 1, head_dim) for positions 0..n_pos-1 (broadcast over heads).
+    Angles in float64: at 1M positions float32 would lose the low-frequency phases."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    ang = torch.arange(n_pos, device=device, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    ang = torch.cat([ang, ang], dim=-1)[:, None, :]
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate-half RoPE on x (..., n_pos, H, D), real arithmetic only (complex numbers fight torch.compile)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rot = torch.cat([-x2, x1], dim=-1)
+    return (x * cos + rot * sin).type_as(x)
+
+
+def sigma(x):
+    """The memory's nonlinearity: ELU + 1 (P2 sec. 2.1.2), positive so the normaliser is positive."""
+    return F.elu(x) + 1.0
+
+# -----------------------------------------------------------------------------
+# the compressive memory (P2 eqs. 7-9), all segments of a sequence at once
+
+EPS = 1e-6  # floor of the normaliser sigma(q) z: an empty memory (z = 0) then reads exactly zeros, never 0/0
+
+
+def normaliser(s, z):
+    """sigma(Q) z_{s-1} per token, (..., N, 1), as an fp32 sum (P2's denominator). s (..., N, D), z (..., D)."""
+    return (s.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True).clamp_min(EPS)
+
+
+def compressive_memory(sq, sk, v, update, n_full, memory=None):
+    """Retrieve from, then update, the memory of every segment at once.
+
+    sq, sk, v: (B, S, H, N, D); sq = sigma(Q), sk = sigma(K), taken before RoPE. They stay in the compute
+    dtype (bf16 under autocast, as they leave bf16 matmuls) and feed the matmuls as operands, which
+    accumulate in fp32; the state M, z, the normaliser and the division are fp32 (fp64 for fp64 inputs).
+    n_full: how many of the S segments are complete (only those write to the memory that is returned).
+    memory: (M, z) with M (B, H, D, D), z (B, H, D) left by earlier segments, or None (empty).
+    Returns A_mem (B, S, H, N, D) in fp32, where segment s reads M_{s-1}, and (M, z) after segment n_full.
+    """
+    B, S, H, N, D = sq.shape
+    sd = torch.promote_types(sq.dtype, torch.float32)                  # the state's dtype
+    M0, z0 = memory if memory is not None else (sq.new_zeros(B, H, D, D, dtype=sd), sq.new_zeros(B, H, D, dtype=sd))
+    # z_s = z_{s-1} + sum_t sigma(K_t) (eqs. 8, 9): every increment is known up front -> one prefix sum
+    z_after = z0[:, None] + sk.sum(dim=3, dtype=sd).cumsum(dim=1)       # (B, S, H, D): z_s for s = 0..S-1
+    z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)           # exclusive: segment s sees z_{s-1}
+    dM = (sk.transpose(-1, -2) @ v).to(sd)                              # sigma(K)^T V per segment (B, S, H, D, D)
+    if update == "linear":
+        # eq. 8: M_s = M_{s-1} + sigma(K)^T V, again a prefix sum over segments: no loop at all
+        M_after = M0[:, None] + dM.cumsum(dim=1)
+        M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
+        M_out = M_after[:, n_full - 1] if n_full > 0 else M0
+    else:
+        # eq. 9, the delta rule, writes only what the memory does not already return for these keys:
+        #   M_s = M_{s-1} + sigma(K)^T (V - sigma(K) M_{s-1} / (sigma(K) z_{s-1}))
+        #       = M_{s-1} - W_s M_{s-1} + dM_s,   W_s = sigma(K)^T diag(1 / sigma(K) z_{s-1}) sigma(K).
+        # W_s needs only z_{s-1}, known for all segments, so every O(N) matmul is batched over segments;
+        # the scan that remains is one D x D matmul per segment. (An empty memory has M = 0, so the
+        # huge W_s that the EPS floor gives there multiplies zeros: the first write is plain sigma(K)^T V.)
+        W = (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd)
+        M, Ms = M0, []
+        for s in range(S):
+            Ms.append(M)
+            if s < n_full:
+                M = M + dM[:, s] - W[:, s] @ M
+        M_prev, M_out = torch.stack(Ms, dim=1), M
+    z_out = z_after[:, n_full - 1] if n_full > 0 else z0
+    # eq. 7: A_mem = sigma(Q) M_{s-1} / (sigma(Q) z_{s-1}); zeros while the memory is empty
+    a_mem = (sq @ M_prev.to(sq.dtype)).to(sd) / normaliser(sq, z_prev)
+    return a_mem, (M_out, z_out)
+
+# -----------------------------------------------------------------------------
+# attention
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)   # q, k, v in one matmul
+        self.wo = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        if cfg.attn == "infini":
+            # eq. 10's gate parameter, one scalar per head. beta = 0 -> gate 0.5: memory and local
+            # attention start equal (ports that start it at -100 or +10 never let it move).
+            self.beta = nn.Parameter(torch.zeros(cfg.n_head))
+
+    def gate(self):
+        """Memory weight g per head: A = g * A_mem + (1 - g) * A_dot (eq. 10)."""
+        if self.cfg.gate == "hard_sigmoid":
+            return torch.clamp(0.2 * self.beta + 0.5, 0.0, 1.0)
+        return torch.sigmoid(self.beta)
+
+    def forward(self, x, cos, sin, memory=None):
+        B, T, C = x.shape
+        H, D = self.n_head, self.head_dim
+        q, k, v = self.wqkv(x).view(B, T, 3, H, D).unbind(dim=2)          # each (B, T, H, D)
+
+        if self.cfg.attn == "full":
+            # plain causal attention over the whole sequence, global positions
+            q, k, v = (t.transpose(1, 2) for t in (apply_rope(q, cos, sin), apply_rope(k, cos, sin), v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # flash kernel on GPU
+            return self.wo(y.transpose(1, 2).reshape(B, T, C)), None
+
+        # cut the sequence into S segments of N tokens; a short last segment is zero-padded at its
+        # end, which cannot change any real token's output under a causal mask
+        N = self.cfg.segment
+        S, n_full = -(-T // N), T // N
+        if S * N != T:
+            q, k, v = (F.pad(t, (0, 0, 0, 0, 0, S * N - T)) for t in (q, k, v))
+        q, k, v = (t.view(B, S, N, H, D) for t in (q, k, v))
+
+        # A_dot: causal softmax attention inside each segment. Folding the segments into the batch
+        # dimension runs every segment in one SDPA call; RoPE positions restart at 0 per segment.
+        fold = lambda t: t.reshape(B * S, N, H, D).transpose(1, 2)         # (B*S, H, N, D)
+        y = F.scaled_dot_product_attention(
+            fold(apply_rope(q, cos, sin)), fold(apply_rope(k, cos, sin)), fold(v), is_causal=True)
+        y = y.view(B, S, H, N, D)
+
+        new_memory = None
+        if self.cfg.attn == "infini":
+            # memory math in float32 with autocast off: under autocast even .float() tensors would be
+            # multiplied in bf16, and the normaliser sigma(Q) z (a sum over ~1e5 terms) needs the range
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                # autocast off: we choose each op's precision ourselves (see compressive_memory);
+                # sigma is evaluated in fp32 and stored in the compute dtype of q
+                per_head = lambda t: t.transpose(2, 3)                              # (B, S, H, N, D)
+                sig = lambda t: sigma(t.to(torch.promote_types(t.dtype, torch.float32))).to(t.dtype)
+                a_mem, new_memory = compressive_memory(
+                    sig(per_head(q)), sig(per_head(k)), per_head(v), self.cfg.update, n_full, memory)
+                g = self.gate().to(a_mem.dtype).view(1, 1, H, 1, 1)
+                y = (g * a_mem + (1.0 - g) * y.to(a_mem.dtype)).to(y.dtype)       # eq. 10
+
+        y = y.transpose(2, 3).reshape(B, S * N, C)[:, :T]                  # (B, S, N, H, D) -> (B, T, C)
+        return self.wo(y), new_memory
+
+
+class MLP(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+    def __init__(self, cfg):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.n_embd, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.n_embd, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, memory=None):
+        a, memory = self.attn(self.attn_norm(x), cos, sin, memory)
+        x = x + a
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, memory
+
+# -----------------------------------------------------------------------------
+# the model
+
+class Llama(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)   # untied, as in P1
+        self.apply(self._init_weights)
+        # residual-branch output projections: std 0.02 / sqrt(2 n_layer), so the residual stream's
+        # variance does not grow with depth (GPT-2, P1)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.wo.weight") or name.endswith("mlp.w2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; non_embedding leaves out the token embedding table (a lookup, no FLOPs).
+        The untied lm_head is a real matmul, so it stays in."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, memory=None, last_only=False):
+        """idx (B, T) token ids -> (logits, loss, memory).
+
+        memory: per layer (M, z) carried from an earlier call (infini only), or None. Segments are
+        counted from the start of idx, so when streaming, feed chunks whose lengths are multiples of
+        the segment (the last chunk may be shorter). The returned memory is the state after the last
+        complete segment of idx (None for "full" and "local").
+        targets: (B, T) ids, -1 = ignored. last_only: logits for the last position only (generation).
+        """
+        cfg = self.cfg
+        B, T = idx.shape
+        x = self.tok_emb(idx)
+        n_pos = T if cfg.attn == "full" else cfg.segment     # local/infini: positions restart each segment
+        cos, sin = rope_cos_sin(n_pos, cfg.head_dim, cfg.rope_theta, idx.device, x.dtype)
+        layer_mem = memory if memory is not None else [None] * cfg.n_layer
+        new_memory = []
+        for block, mem in zip(self.blocks, layer_mem):
+            x, mem = block(x, cos, sin, mem)
+            new_memory.append(mem)
+        if last_only:
+            x = x[:, -1:]
+        logits, loss = self.head(x, targets)
+        return logits, loss, (new_memory if cfg.attn == "infini" else None)
+
+    def head(self, x, targets=None):
+        """Final norm, vocabulary projection and loss (its own method so compile_model can fuse it)."""
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def gates(self):
+        """(n_layer, n_head) memory-gate values g in [0, 1]; None unless attn == "infini"."""
+        if self.cfg.attn != "infini":
+            return None
+        with torch.no_grad():
+            return torch.stack([b.attn.gate().float() for b in self.blocks]).cpu()
+
+    def configure_optimizers(self, lr, weight_decay=0.1, beta_lr=0.01, betas=(0.9, 0.95), eps=1e-8, fused=None):
+        """AdamW with three groups: >=2-D weights decay; norms (1-D) do not; the gate parameters beta
+        get their own LR and no decay (HFB: with the model's small LR and decay on beta, gates never
+        leave 0.5). Each group keeps its peak LR in 'base_lr' for the schedule to scale."""
+        decay, no_decay, gate = [], [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.endswith("attn.beta"):
+                gate.append(p)
+            elif p.dim() >= 2:
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        groups = [dict(params=decay, weight_decay=weight_decay, base_lr=lr),
+                  dict(params=no_decay, weight_decay=0.0, base_lr=lr)]
+        if gate:
+            groups.append(dict(params=gate, weight_decay=0.0, base_lr=beta_lr))
+        for g in groups:
+            g["lr"] = g["base_lr"]
+        if fused is None:
+            fused = all(p.is_cuda for p in self.parameters())
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+
+    def flops_per_token(self, seq_len):
+        """Training FLOPs per token: 6 x (params without the embedding table) for the matmuls, plus
+        6 x n_layer x n_embd x context for causal attention, context = T for full, the segment otherwise.
+        (The memory's D x D matmuls add about 4% at d 1024 and are left out, as in P1's accounting.)"""
+        cfg = self.cfg
+        ctx = seq_len if cfg.attn == "full" else min(cfg.segment, seq_len)
+        return 6 * self.num_params() + 6 * cfg.n_layer * cfg.n_embd * ctx
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, memory=None):
+        """Greedy decoding, used by the passkey test. For infini, pass `memory` from streaming the part
+        of the prompt before idx (idx must then start on a segment boundary)."""
+        for _ in range(max_new_tokens):
+            logits, _, _ = self(idx, memory=memory, last_only=True)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return idx
+
+
+def compile_model(model):
+    """torch.compile each block and the head, in place (state_dict keys unchanged). The blocks are
+    identical, so one compiled graph serves all of them: compile time is that of one layer, not
+    n_layer, and the delta rule's segment loop is unrolled once. Compiling the head fuses the fp32
+    upcast and log-softmax over the 50K vocabulary instead of materialising them."""
+    for block in model.blocks:
+        block.compile()
+    model.head = torch.compile(model.head)
+    return model
