@@ -143,23 +143,17 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
     else:
         # eq. 9, the delta rule, writes only what the memory does not already return for these keys:
         #   M_s = M_{s-1} + sigma(K)^T (V - sigma(K) M_{s-1} / (sigma(K) z_{s-1}))
-        #       = A_s M_{s-1} + dM_s,   A_s = I - W_s,   W_s = sigma(K)^T diag(1 / sigma(K) z_{s-1}) sigma(K).
-        # W_s needs only z_{s-1}, known for all segments, so every O(N) matmul is batched over segments.
-        # A segment that reads an empty memory (z = 0) writes plain sigma(K)^T V: W_s = 0 there.
-        empty = (z_prev == 0).all(dim=-1)[..., None, None]                        # (B, S, H, 1, 1)
-        W = (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd).masked_fill(empty, 0.0)
-        # What is left is an affine scan over segments. Compose the maps M -> A M + b in log2(S) batched
-        # steps (Hillis-Steele): after the step with offset o, element s is the composition of elements
-        # s-2o+1 .. s. log2(S) launches instead of S, which matters at batch 1 and long sequences.
-        eye = torch.eye(D, dtype=sd, device=sq.device).expand(B, 1, H, D, D)
-        A, b, o = eye - W, dM, 1
-        while o < S:
-            b = A @ torch.cat([torch.zeros_like(b[:, :o]), b[:, :-o]], dim=1) + b
-            A = A @ torch.cat([eye.expand(B, o, H, D, D), A[:, :-o]], dim=1)
-            o *= 2
-        M_after = b if memory is None else A @ M0[:, None] + b                   # M_s for s = 0..S-1
-        M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
-        M_out = M_after[:, n_full - 1] if n_full > 0 else M0
+        #       = M_{s-1} - W_s M_{s-1} + dM_s,   W_s = sigma(K)^T diag(1 / sigma(K) z_{s-1}) sigma(K).
+        # W_s needs only z_{s-1}, known for all segments, so every O(N) matmul is batched over segments;
+        # the scan that remains is one D x D matmul per segment. (An empty memory has M = 0, so the
+        # huge W_s that the EPS floor gives there multiplies zeros: the first write is plain sigma(K)^T V.)
+        W = (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd)
+        M, Ms = M0, []
+        for s in range(S):
+            Ms.append(M)
+            if s < n_full:
+                M = M + dM[:, s] - W[:, s] @ M
+        M_prev, M_out = torch.stack(Ms, dim=1), M
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
     # eq. 7: A_mem = sigma(Q) M_{s-1} / (sigma(Q) z_{s-1}); zeros while the memory is empty
     a_mem = (sq @ M_prev.to(sq.dtype)).to(sd) / normaliser(sq, z_prev)
