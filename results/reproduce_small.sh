@@ -6,6 +6,14 @@
 #   bash results/reproduce_small.sh evaluate  # GPU call 2: passkey zero-shot, needle fine-tuning, passkey again
 #   bash results/reproduce_small.sh plots     # here: PNGs from the logs and passkey JSONs in results/small
 #
+# The committed results came from these device calls, all on one machine (carry: .carry), each < 10 min:
+#   WHICH="infini local" RES=$OUT bash results/reproduce_small.sh pretrain     # 376 s
+#   WHICH=full RES=$OUT bash results/reproduce_small.sh pretrain               # 201 s
+#   WHICH=infini RES=$OUT bash results/reproduce_small.sh evaluate             # 160 s
+#   WHICH="local full" RES=$OUT bash results/reproduce_small.sh evaluate       # 310 s
+#   then, for results/small/ft900: WHICH=infini (and local) FT_STEPS=900 LENGTHS="1024 2048 4096 8192 16384"
+#   RES=$OUT/i (and $OUT/l) bash results/reproduce_small.sh evaluate, the two run side by side
+#
 # What is scaled down, and why (the device machine runs 10 minutes a call, 30 minutes a hold):
 # - model: the "small" preset (8 layers, d 512, 8 heads of 64, SwiGLU 2048; 59M parameters without the
 #   embedding table) instead of 300m; the sequence (8192) and segment (1024) are the study's, so every
@@ -34,7 +42,8 @@ DATA=${DATA:-.carry/data}
 RUNS=${RUNS:-/tmp/repro}                # checkpoints: stay on the device machine between the two calls
 RES=${RES:-results/small}               # small files that come back (logs, JSON)
 export PYTHONUNBUFFERED=1
-export TIKTOKEN_CACHE_DIR=${TIKTOKEN_CACHE_DIR:-.carry/tiktoken_cache}   # the GPT-2 ranks travel with the data
+# the GPT-2 ranks travel with the data (and win over a cache dir the machine may preset without them)
+[ -d .carry/tiktoken_cache ] && export TIKTOKEN_CACHE_DIR=$PWD/.carry/tiktoken_cache
 mkdir -p "$RUNS" "$RES"
 common="--device=$DEVICE --dtype=$DTYPE --compile=$COMPILE"
 
