@@ -107,7 +107,7 @@ def get_parser(description=__doc__, model_from=None):
     # system
     a("--device", default="cuda" if cuda else "cpu", help="cuda | cpu (torchrun: each rank uses cuda:LOCAL_RANK)")
     a("--dtype", default="bfloat16" if cuda else "float32", help="autocast dtype: bfloat16 | float32")
-    a("--compile", type=int, default=1, choices=(0, 1), help="torch.compile each block")
+    a("--compile", type=int, default=1 if cuda else 0, choices=(0, 1), help="torch.compile each block (default on CUDA)")
     a("--seed", type=int, default=1337, help="model init and data order")
     # logging, evaluation, checkpoints
     a("--out_dir", default="out", help="log.jsonl and ckpt.pt go here")
