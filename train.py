@@ -369,7 +369,6 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
             torch=torch.__version__, gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             params=model.num_params(non_embedding=False), cmd=" ".join(sys.argv),
             gates=gates.tolist() if gates is not None else None)
-    tokens_per_step = args.batch_size * args.grad_accum * args.seq_len
     flops_per_token = model.flops_per_token(args.seq_len)
     peak = peak_flops(device, args.dtype)
 
@@ -381,7 +380,7 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
 
     # device-side accumulators: the hot loop never waits for the GPU, only log/eval/checkpoint steps do
     acc = torch.zeros(2, device=device)  # loss, grad norm, summed over steps since the last row
-    n_acc, last_ckpt = 0, start if args.resume else None
+    n_acc, n_tok, last_ckpt = 0, 0, start if args.resume else None  # n_tok: tokens this rank trained on
     t_last, steps_timed, time_timed = time.perf_counter(), 0, 0.0
 
     def check_finite(step):
@@ -423,6 +422,7 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
             g["lr"] = g["base_lr"] * mult
         for j in range(accum):
             x, y = next_batch(step, ctx.rank * accum + j)
+            n_tok += x.numel()  # counted, not seq_len x batch: a length curriculum changes the length
             if device.type == "cuda":
                 x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
             if ctx.world > 1:
@@ -442,7 +442,7 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
             loss_v, norm_v = (v / n_acc for v in check_finite(step))  # .tolist() here is the sync
             now = time.perf_counter()
             dt, t_last = now - t_last, now
-            tok_s = n_acc * tokens_per_step / dt
+            tok_s = n_tok * ctx.world / dt
             if step > start:  # the first row includes compilation: keep it out of the ETA
                 steps_timed, time_timed = steps_timed + n_acc, time_timed + dt
             eta = (args.steps - step - 1) * time_timed / steps_timed if steps_timed else float("nan")
@@ -456,7 +456,7 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
             log.row(text, step=step, loss=loss_v, lr=optimizer.param_groups[0]["lr"], grad_norm=norm_v,
                     tok_s=tok_s, mfu=mfu, gates=gates)
             acc.zero_()
-            n_acc = 0
+            n_acc = n_tok = 0
     return step
 
 

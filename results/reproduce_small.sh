@@ -50,6 +50,7 @@ common="--device=$DEVICE --dtype=$DTYPE --compile=$COMPILE"
 case $STAGE in
 prepare)
   mkdir -p .carry/tiktoken_cache && cp ../shared/data/tiktoken_cache/* .carry/tiktoken_cache/
+  export TIKTOKEN_CACHE_DIR=$PWD/.carry/tiktoken_cache
   python prepare_fineweb.py \
     --input ../shared/data/wikipedia_en_docs.parquet ../shared/data/gutenberg_en_docs.parquet \
     --out_dir "$DATA" --max_tokens 28000000 --val_tokens 500000 --shard_size 10000000 ;;

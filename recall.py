@@ -1,0 +1,221 @@
+"""
+Does the memory remember? Multi-query associative recall (MQAR, Arora et al. 2023, "Zoology") across
+segment boundaries: the smallest task on which Infini-attention's memory must work and local attention
+cannot, in about a minute on a GPU.
+
+A sequence is --segments segments of --segment tokens of random filler. --n_pairs key->value pairs
+(two adjacent tokens "k v") are written at random places in the segments before the last; the last
+segment asks for every pair once: the key appears again and the model must predict its value next.
+Loss and accuracy are on those answers only; everything else is noise the memory has to ignore.
+Local attention sees only the last segment, so it is at chance (1 / --n_values); full attention sees
+everything; Infini-attention sees the earlier segments only through its compressive memory.
+
+    python recall.py --attn=infini --update=delta --segments=16 --curriculum=2,4,8   # ~1 min on a GPU
+    python recall.py --attn=local --segments=16                                     # the baseline: chance
+    python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --steps=300  # CPU, a few minutes
+
+--curriculum=2,4,8 trains on 2, then 4, then 8 segments, then --segments, each for an equal share of
+--steps (training straight on 16 segments leaves the memory unused: see the README). The model is
+model.py's, unchanged, built from the flags; the training loop is train.py's (logging, compile,
+resume, checkpoints in --out_dir). Each run appends one row to --out (default
+results/recall_<device>.json):
+  {"attn", "update", "gate", "segments", "segment", "head_dim", "n_pairs", "curriculum", "steps",
+   "acc", "acc_by_distance", "chance", ...}
+acc_by_distance[d] is the accuracy on pairs written d+1 segments before the query segment.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+import train
+from model import Llama, make_config
+
+# -----------------------------------------------------------------------------
+# the task
+
+def vocab(args):
+    """Disjoint id ranges: filler [0, F), keys [F, F+K), values [F+K, F+K+V). Disjoint, so a filler token
+    is never mistaken for a key and the answer is always a value id."""
+    F, K, V = args.n_filler, args.n_keys, args.n_values
+    return F, K, V, F + K + V
+
+
+def make_batch(rng, rows, segments, args):
+    """(x, y, dist) int64 numpy arrays of shape (rows, segments * segment).
+
+    y[t] is the target at position t (the next token), -1 except where x[t] is a queried key: then y[t]
+    is its value. dist[t] = d >= 0 at those positions when the pair was written d+1 segments before
+    the query segment, else -1. Pairs sit at even offsets inside one segment ("k v" never straddles a
+    boundary), each key at most once per sequence."""
+    F, K, V, _ = vocab(args)
+    S, N, P = segments, args.segment, args.n_pairs
+    T, slots = S * N, N // 2                       # slot j of a segment = offsets (2j, 2j+1)
+    x = rng.integers(0, F, size=(rows, T))
+    y = np.full((rows, T), -1, dtype=np.int64)
+    dist = np.full((rows, T), -1, dtype=np.int64)
+    for r in range(rows):
+        keys = F + rng.choice(K, P, replace=False)
+        vals = F + K + rng.integers(0, V, size=P)
+        where = 2 * rng.choice((S - 1) * slots, P, replace=False)      # writes: segments 0 .. S-2
+        ask = (S - 1) * N + 2 * rng.choice(slots, P, replace=False)     # queries: the last segment
+        x[r, where], x[r, where + 1] = keys, vals
+        x[r, ask], x[r, ask + 1] = keys, vals      # the value after the query is the answer (teacher forced)
+        y[r, ask] = vals
+        dist[r, ask] = S - 2 - where // N
+    return x, y, dist
+
+
+def stage_segments(step, args):
+    """Segments per sequence at this step: the curriculum's stages in equal shares, then --segments."""
+    stages = args.curriculum + [args.segments]
+    return stages[min(len(stages) - 1, step * len(stages) // args.steps)]
+
+
+@torch.no_grad()
+def accuracy(model, args, device, autocast):
+    """(acc, acc_by_distance) on --eval_rows fixed sequences of --segments segments, greedy argmax over
+    the whole vocabulary at every query."""
+    model.eval()
+    S = args.segments
+    hit, cnt = np.zeros(S - 1), np.zeros(S - 1)
+    for i in range(0, args.eval_rows, args.batch_size):
+        x, y, dist = make_batch(np.random.default_rng([args.seed + 1, i]), min(args.batch_size, args.eval_rows - i), S, args)
+        with autocast:
+            logits, _, _ = model(torch.from_numpy(x).to(device))
+        pred = logits.argmax(-1).cpu().numpy()
+        m = dist >= 0
+        np.add.at(hit, dist[m], pred[m] == y[m])
+        np.add.at(cnt, dist[m], 1)
+    model.train()
+    by_d = [float(h / c) if c else None for h, c in zip(hit, cnt)]
+    return float(hit.sum() / cnt.sum()), by_d
+
+# -----------------------------------------------------------------------------
+
+def get_parser():
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=train._HelpFormatter, allow_abbrev=False)
+    a = p.add_argument
+    # the model (model.py, unchanged)
+    a("--attn", default="infini", choices=("infini", "local", "full"), help="attention")
+    a("--update", default="delta", choices=("delta", "linear"), help="memory update rule (P2 eq. 9 or 8)")
+    a("--gate", default="hard_sigmoid", choices=("hard_sigmoid", "sigmoid"), help="memory gate (P1 or P2)")
+    a("--n_layer", type=int, default=2, help="layers (2 suffice: one to pair k with v, one to write and read)")
+    a("--n_embd", type=int, default=256, help="model width")
+    a("--n_head", type=int, default=4, help="heads; head dim = n_embd / n_head is the memory's size per head")
+    # the task
+    a("--segment", type=int, default=128, help="tokens per segment N")
+    a("--segments", type=int, default=16, help="segments per sequence at the end of training and in evaluation")
+    a("--curriculum", default="", help="comma list of segment counts trained first, in equal shares of --steps "
+      "(e.g. 2,4,8); empty = none")
+    a("--n_pairs", type=int, default=1, help="key-value pairs per sequence (the memory's load)")
+    a("--n_keys", type=int, default=128, help="key vocabulary")
+    a("--n_values", type=int, default=64, help="value vocabulary (chance = 1 / n_values)")
+    a("--n_filler", type=int, default=64, help="filler vocabulary")
+    # training (train.py's loop)
+    a("--steps", type=int, default=1500, help="optimizer steps")
+    a("--batch_size", type=int, default=32, help="sequences per step")
+    a("--lr", type=float, default=1e-3, help="peak LR")
+    a("--min_lr", type=float, default=1e-4, help="LR at the end of the cosine")
+    a("--warmup", type=int, default=100, help="linear warmup steps (capped at steps / 10)")
+    a("--beta_lr", type=float, default=0.01, help="LR of the gate parameters (P1)")
+    a("--weight_decay", type=float, default=0.1, help="AdamW weight decay of the >= 2-D weights")
+    a("--grad_clip", type=float, default=1.0, help="max global grad norm (0 = off)")
+    a("--seed", type=int, default=0, help="init and data")
+    a("--device", default="cuda" if cuda else "cpu", help="cuda | cpu")
+    a("--dtype", default="bfloat16" if cuda else "float32", help="autocast dtype: bfloat16 | float32")
+    a("--compile", type=int, default=0, choices=(0, 1), help="torch.compile the blocks (the curriculum's "
+      "lengths each compile anew; eager is fast enough for a model this small)")
+    a("--out_dir", default="out/recall", help="log.jsonl and ckpt.pt of the run")
+    a("--resume", type=int, default=0, choices=(0, 1), help="1 = continue from out_dir/ckpt.pt")
+    a("--log_every", type=int, default=100, help="steps between log rows")
+    a("--eval_rows", type=int, default=512, help="fixed evaluation sequences")
+    a("--out", default=None, help="JSON list the result row is appended to (default results/recall_<device>.json)")
+    a("--name", default=None, help="a label for this row in plots (default: derived from the flags)")
+    return p
+
+
+def check_args(args):
+    try:
+        args.curriculum = [int(s) for s in args.curriculum.split(",") if s.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --curriculum must be a comma list of segment counts, got {args.curriculum!r}")
+    if args.segments < 2 or any(not 2 <= c <= args.segments for c in args.curriculum):
+        raise SystemExit("error: --segments and every --curriculum stage must be >= 2 (the last segment asks, "
+                         "the earlier ones hold the pairs) and stages <= --segments")
+    if min(args.segment, args.n_pairs, args.n_values, args.n_filler, args.steps, args.batch_size, args.eval_rows) <= 0:
+        raise SystemExit("error: --segment, --n_pairs, --n_values, --n_filler, --steps, --batch_size, --eval_rows must be positive")
+    smallest = min(args.curriculum + [args.segments])
+    if args.n_pairs > min(args.n_keys, args.segment // 2, (smallest - 1) * (args.segment // 2)):
+        raise SystemExit(f"error: --n_pairs ({args.n_pairs}) must fit: at most --n_keys ({args.n_keys}), "
+                         f"--segment/2 ({args.segment // 2}) queries in the last segment, and the slots of "
+                         f"{smallest - 1} earlier segment(s)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device=cuda but CUDA is not available; pass --device=cpu")
+    args.warmup = min(args.warmup, args.steps // 10)
+
+
+def append_row(path, row):
+    """Add row to the JSON list at path (created if missing), atomically: earlier rows are never lost."""
+    rows = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                rows = json.load(f)
+            assert isinstance(rows, list)
+        except (OSError, ValueError, AssertionError):
+            raise SystemExit(f"error: {path} exists but is not a JSON list of recall rows; pass another --out")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(rows + [row], f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    check_args(args)
+    device_name = (torch.cuda.get_device_name().split()[1].lower() if args.device.startswith("cuda")
+                   and len(torch.cuda.get_device_name().split()) > 1 else "cpu")
+    out = args.out or os.path.join("results", f"recall_{device_name}.json")
+    _, _, _, vocab_size = vocab(args)
+    cfg = train.build_config("tiny", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
+                             ffn_hidden=4 * args.n_embd, vocab_size=vocab_size, segment=args.segment,
+                             attn=args.attn, update=args.update, gate=args.gate)
+    # what train.train reads from its args: the recall flags plus the fixed choices below
+    targs = argparse.Namespace(**vars(args), seq_len=args.segments * args.segment, grad_accum=1, halt_at=0,
+                               eval_every=0, ckpt_every=args.steps)
+    ctx = train.setup_distributed(args.device)
+    torch.manual_seed(args.seed)
+    model = Llama(cfg)
+
+    def next_batch(step, micro):
+        x, y, _ = make_batch(np.random.default_rng([args.seed, step, micro]), args.batch_size,
+                             stage_segments(step, args), args)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    t0 = time.time()
+    train.train(targs, cfg, model, ctx, next_batch, init_note=f"recall, {args.n_pairs} pair(s), "
+                f"{args.segments} segments of {args.segment}, curriculum {args.curriculum or 'none'}")
+    autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                else torch.autocast(ctx.device.type, enabled=False))
+    acc, by_d = accuracy(model, args, ctx.device, autocast)
+    curriculum = args.curriculum or False
+    name = args.name or (f"{args.attn}" + (f"-{args.update}" if args.attn == "infini" else "") +
+                         (" +curriculum" if curriculum else ""))
+    row = dict(name=name, attn=args.attn, update=args.update if args.attn == "infini" else None,
+               gate=args.gate if args.attn == "infini" else None, segments=args.segments, segment=args.segment,
+               head_dim=cfg.head_dim, n_pairs=args.n_pairs, curriculum=curriculum, steps=args.steps, acc=acc,
+               acc_by_distance=by_d, chance=1.0 / args.n_values, n_layer=args.n_layer, n_embd=args.n_embd,
+               lr=args.lr, batch_size=args.batch_size, seed=args.seed, seconds=round(time.time() - t0, 1),
+               gates=model.gates().tolist() if model.gates() is not None else None, device=device_name)
+    append_row(out, row)
+    print(f"{name}: acc {acc:.3f} (chance {1 / args.n_values:.3f}) by distance "
+          + " ".join("-" if a is None else f"{a:.2f}" for a in by_d) + f" | appended to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The recall experiment of the README ("Does the memory remember?"): recall.py variants on one GPU,
+# four at a time (each is a 2-layer model, launch-bound: the GPU has room for several).
+#
+#   RES=$OUT bash results/recall_sweep.sh          # device call: writes $RES/recall_<gpu>.json + log
+#   python plots.py recall --json results/recall_h100.json --out results/recall_h100.png
+#
+# Defaults of recall.py: 2 layers, d 256, 4 heads (head dim 64), 16 segments of 128 tokens, 1 pair,
+# 64 values (chance 1/64), 1500 steps of 32 sequences, eager. Every variant changes one thing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RES=${RES:-results}
+PAR=${PAR:-4}
+STEPS=${STEPS:-1500}
+EXTRA=${EXTRA:-}                # e.g. "--device=cpu --batch_size=2 --eval_rows=4" for a dry run
+TMP=$(mktemp -d)
+mkdir -p "$RES"
+export PYTHONUNBUFFERED=1
+C="--curriculum=2,4,8"
+{
+  for u in delta linear; do
+    echo "--attn=infini --update=$u"                        # straight on 16 segments
+    echo "--attn=infini --update=$u $C"                     # the length curriculum
+    for p in 4 16 64; do echo "--attn=infini --update=$u $C --n_pairs=$p"; done       # capacity
+    for p in 1 16 64; do echo "--attn=infini --update=$u $C --n_pairs=$p --n_head=2"; done  # head dim 128
+  done
+  for a in local full; do echo "--attn=$a"; echo "--attn=$a $C"; done
+  echo "--attn=local $C --n_pairs=16"; echo "--attn=full $C --n_pairs=16"
+} > $TMP/variants
+n=0
+while read -r flags; do
+  n=$((n + 1))
+  echo "python recall.py $flags --steps=$STEPS ${EXTRA:-} --out_dir=$TMP/run$n --out=$TMP/row$n.json > $TMP/log$n.txt 2>&1 \
+    || { echo FAILED: $flags; tail -5 $TMP/log$n.txt; }; tail -1 $TMP/log$n.txt"
+done < $TMP/variants > $TMP/cmds
+echo "$(wc -l < $TMP/variants) variants, $PAR at a time"
+timeout ${LIMIT:-520} xargs -P "$PAR" -I{} bash -c {} < $TMP/cmds || echo "stopped at the time limit: merging the rows done so far"
+gpu=$(python -c "import torch; print(torch.cuda.get_device_name().split()[1].lower() if torch.cuda.is_available() else 'cpu')")
+python - "$TMP" "$RES/recall_$gpu.json" <<'EOF'
+import glob, json, os, re, sys
+paths = sorted(glob.glob(os.path.join(sys.argv[1], "row*.json")), key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[0]))
+rows = [r for p in paths for r in json.load(open(p))]
+json.dump(rows, open(sys.argv[2], "w"), indent=1)
+print(f"{len(rows)} rows -> {sys.argv[2]}")
+fmt = lambda v: "  -" if v is None else f"{v:.2f}"
+for r in rows:
+    print(f"{r['name']:<28} pairs {r['n_pairs']:>2} hd {r['head_dim']:>3} acc {r['acc']:.3f} "
+          f"near {fmt(r['acc_by_distance'][0])} far {fmt(r['acc_by_distance'][-1])} {r['seconds']:>5}s")
+EOF
+for i in $(seq 1 $n); do echo "== run $i: $(sed -n ${i}p $TMP/variants)"; cat $TMP/log$i.txt; done > "$RES/recall_${gpu}_log.txt"
