@@ -40,7 +40,12 @@ def get_parser():
       "or on the answer tokens only")
     a("--filler", default="p2", choices=("p2", "shards"), help="haystack: P2's repeated sentences, or random "
       "windows of real text from the train shards in --data_dir")
-    a("--min_len", type=int, default=256, help="shortest generated sample, in tokens")
+    a("--min_len", type=int, default=256, help="shortest generated sample, in tokens (packed rows)")
+    a("--pack", type=int, default=1, choices=(0, 1), help="1: pack samples of random lengths into each row, "
+      "the memory carried across them (nanotron); 0: one sample per row, exactly the row's length, so the "
+      "memory holds one key")
+    a("--curriculum", default="", help="comma list of row lengths trained before --seq_len, each for an equal "
+      "share of --steps, rows per micro-batch scaled to keep the tokens per step (e.g. 1024,2048); empty = none")
     a("--parquet", default=None, help="train on rows (prompt, answer) of this parquet file instead of generating")
     a("--hf_dataset", default=None, help="... or of this Hub dataset (e.g. nanotron/needle_in_a_hay_stack_finetuning_dataset)")
     a("--hf_split", default="train", help="split of --hf_dataset")
@@ -54,10 +59,15 @@ def finetune_config(saved, args, path):
     if args.model is not None and (args.model not in PRESETS or
                                    any(cfg[k] != PRESETS[args.model][k] for k in arch)):
         raise SystemExit(f"error: --model={args.model} is not the architecture of {path}; leave --model out")
-    for k in ("attn", "vocab_size"):
-        if getattr(args, k) is not None and getattr(args, k) != cfg[k]:
-            raise SystemExit(f"error: --{k}={getattr(args, k)} differs from {path}'s {cfg[k]!r}; fine-tuning keeps "
-                             "the pretrained architecture (only --segment, --update, --gate may change)")
+    if args.vocab_size is not None and args.vocab_size != cfg["vocab_size"]:
+        raise SystemExit(f"error: --vocab_size={args.vocab_size} differs from {path}'s {cfg['vocab_size']}; "
+                         "fine-tuning keeps the pretrained vocabulary")
+    if args.attn is not None and args.attn != cfg["attn"]:
+        # the one architecture change allowed: add the memory to a model pretrained without it
+        if args.attn != "infini":
+            raise SystemExit(f"error: --attn={args.attn} differs from {path}'s {cfg['attn']!r}; fine-tuning can only "
+                             "add the memory (--attn=infini on a local or full checkpoint), not remove it")
+        cfg["attn"] = "infini"
     for k in ("segment", "update", "gate"):
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
@@ -69,13 +79,13 @@ def finetune_config(saved, args, path):
 # -----------------------------------------------------------------------------
 # samples and packing
 
-def needle_sampler(enc, seq_len, min_len, eval_keys=False, filler_shards=None):
-    """sample(rng, room, first) -> (ids, answer_start) of at most room - 1 tokens (room for the <|endoftext|>),
-    or None when not even min_len tokens fit. Lengths are uniform in [min_len, seq_len], cut to the room left."""
-    def sample(rng, room, first):
-        if room - 1 < min_len:
+def needle_sampler(enc, eval_keys=False, filler_shards=None):
+    """sample(rng, room, first, lo, hi) -> (ids, answer_start) of at most room - 1 tokens (room for the
+    <|endoftext|>), or None when not even lo tokens fit. Lengths are uniform in [lo, hi], cut to the room left."""
+    def sample(rng, room, first, lo, hi):
+        if room - 1 < lo:
             return None
-        length = min(int(rng.integers(min_len, seq_len + 1)), room - 1)
+        length = min(int(rng.integers(lo, hi + 1)), room - 1)
         key = passkey.random_key(rng, eval=eval_keys)
         kw = dict(filler="p2")
         if filler_shards:
@@ -85,9 +95,10 @@ def needle_sampler(enc, seq_len, min_len, eval_keys=False, filler_shards=None):
 
 
 def table_sampler(enc, prompts, answers):
-    """sample(rng, room, first): a random row (prompt, answer) of a dataset. A row too long for an empty
-    sequence (first) is cut from the left (the answer stays); one that does not fit the room left ends the row."""
-    def sample(rng, room, first):
+    """sample(rng, room, first, lo, hi): a random row (prompt, answer) of a dataset (lo, hi unused). A row too
+    long for an empty sequence (first) is cut from the left (the answer stays); one that does not fit the room
+    left ends the row."""
+    def sample(rng, room, first, lo, hi):
         i = int(rng.integers(len(prompts)))
         p, a = enc.encode_ordinary(prompts[i]), enc.encode_ordinary(answers[i])
         ids = p + a
@@ -100,26 +111,31 @@ def table_sampler(enc, prompts, answers):
     return sample
 
 
-def pack_row(rng, seq_len, sample, loss_on):
+def pack_row(rng, seq_len, sample, loss_on, min_len, pack=True):
     """seq_len + 1 tokens of samples, each followed by <|endoftext|>, padded with <|endoftext|> at the end;
-    and a mask of the tokens that are loss targets (answer tokens, or everything but the padding)."""
+    and a mask of the tokens that are loss targets (answer tokens, or everything but the padding).
+    pack=False: a single sample of exactly seq_len tokens (the memory then never holds another sample's key:
+    packed rows do not reset it between samples)."""
     ids, keep = [], []
     while len(ids) <= seq_len:
-        s = sample(rng, seq_len + 1 - len(ids), not ids)
+        lo = min_len if pack else seq_len
+        s = sample(rng, seq_len + 1 - len(ids), not ids, lo, seq_len)
         if s is None:
             break
         toks, a = s
         ids += list(toks) + [EOT]
         keep += [loss_on == "all"] * a + [True] * (len(toks) - a) + [loss_on == "all"]
+        if not pack:
+            break
     pad = seq_len + 1 - len(ids)
     return np.array(ids + [EOT] * pad, dtype=np.int64), np.array(keep + [False] * pad)
 
 
-def make_batch(rows, seq_len, sample, loss_on, seed):
-    """(x, y) for the given global row indices; row i's content is a function of (seed, i) alone."""
+def make_batch(rows, seq_len, sample, loss_on, min_len, pack=True):
+    """(x, y) for the given rows, each a list of ints seeding its content: row r is a function of r alone."""
     xs, ys = [], []
-    for i in rows:
-        ids, keep = pack_row(np.random.default_rng([seed, i]), seq_len, sample, loss_on)
+    for r in rows:
+        ids, keep = pack_row(np.random.default_rng(r), seq_len, sample, loss_on, min_len, pack)
         xs.append(ids[:-1])
         ys.append(np.where(keep[1:], ids[1:], -1))  # -1: ignored by the loss
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
@@ -156,9 +172,18 @@ def main(argv=None):
     src = train.load_checkpoint(src_path)
     cfg = finetune_config(src["config"], args, src_path)
     args.attn, args.segment, args.update, args.gate, args.vocab_size = cfg.attn, cfg.segment, cfg.update, cfg.gate, cfg.vocab_size
+    converted = src["config"]["attn"] != cfg.attn       # local/full -> infini: the gates are new
     train.check_args(args)
     if not 100 <= args.min_len <= args.seq_len:  # the passkey template alone is ~70 tokens
         raise SystemExit(f"error: --min_len must be in [100, --seq_len ({args.seq_len})]")
+    try:
+        stages = [int(v) for v in args.curriculum.split(",") if v.strip()] + [args.seq_len]
+    except ValueError:
+        raise SystemExit(f"error: --curriculum must be a comma list of row lengths, got {args.curriculum!r}")
+    shortest = args.min_len if args.pack else 100
+    if any(not shortest <= L <= args.seq_len or (cfg.attn != "full" and L % cfg.segment) for L in stages):
+        raise SystemExit(f"error: every --curriculum length must be in [{shortest}, --seq_len ({args.seq_len})]"
+                         + (f" and a multiple of the segment ({cfg.segment})" if cfg.attn != "full" else ""))
     enc = gpt2_encoding()
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")
@@ -173,33 +198,43 @@ def main(argv=None):
                 raise SystemExit(f"error: --filler=shards needs token shards in --data_dir ({args.data_dir}); "
                                  "run prepare_fineweb.py or pass --data_dir")
             shards = [load_shard(p) for p in paths]
-        sample = needle_sampler(enc, args.seq_len, args.min_len, filler_shards=shards)
+        sample = needle_sampler(enc, filler_shards=shards)
     # held-out samples: evaluation keys, loss on the answers only, always the same rows
-    val_sample = needle_sampler(enc, args.seq_len, args.min_len, eval_keys=True)
+    val_sample = needle_sampler(enc, eval_keys=True)
     n_val = max(1, args.eval_tokens // args.seq_len)
     if n_val >= args.batch_size * ctx_world:  # whole batches on every rank: compiled blocks see one shape
         n_val -= n_val % (args.batch_size * ctx_world)
 
     def next_batch(step, micro):
-        first = (step * args.grad_accum + micro) * args.batch_size
-        return make_batch(range(first, first + args.batch_size), args.seq_len, sample, args.loss_on, args.seed)
+        # the curriculum's stage for this step; shorter rows, more of them: the tokens per step stay fixed
+        L = stages[min(len(stages) - 1, step * len(stages) // args.steps)]
+        rows = [[args.seed, step, micro, r] for r in range(max(1, args.batch_size * args.seq_len // L))]
+        return make_batch(rows, L, sample, args.loss_on, args.min_len, args.pack)
 
     def eval_batches():
         mine = list(range(ctx.rank, n_val, ctx.world))
         for i in range(0, len(mine), args.batch_size):
-            yield make_batch(mine[i:i + args.batch_size], args.seq_len, val_sample, "answer", args.seed + 1)
+            rows = [[args.seed + 1, r] for r in mine[i:i + args.batch_size]]
+            yield make_batch(rows, args.seq_len, val_sample, "answer", args.min_len, args.pack)
 
     ctx = train.setup_distributed(args.device)
     try:
         torch.manual_seed(args.seed)
         model = Llama(cfg)
         if not args.resume:
-            try:  # strict: the gate parameters beta must come back too (P1's code once reset them to 0.5)
-                model.load_state_dict(src["model"])
+            # strict, except that a converted model's gates are new (beta = 0: g = 0.5, memory and local
+            # attention weighted equally); an infini checkpoint must bring its gates back (P1's code once
+            # silently reset them to 0.5)
+            try:
+                missing, unexpected = model.load_state_dict(src["model"], strict=False)
             except RuntimeError as e:
                 raise SystemExit(f"error: {src_path} does not fit this model ({str(e).splitlines()[0]})")
+            new = [k for k in missing if not (converted and k.endswith("attn.beta"))]
+            if new or unexpected:
+                raise SystemExit(f"error: {src_path} does not fit this model (missing {new[:3]}, unexpected {unexpected[:3]})")
         del src
-        train.train(args, cfg, model, ctx, next_batch, eval_batches, init_note=f"fine-tuning {src_path}")
+        note = f"fine-tuning {src_path}" + (" (memory added: gates start at 0.5)" if converted else "")
+        train.train(args, cfg, model, ctx, next_batch, eval_batches, init_note=note)
     finally:
         train.teardown_distributed()
 

@@ -309,12 +309,13 @@ def test_finetune_packing(monkeypatch):
     import passkey
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
     enc = prepare_fineweb.gpt2_encoding()
-    sample = finetune.needle_sampler(enc, seq_len=512, min_len=100)
-    x, y = finetune.make_batch(range(5, 9), 512, sample, "answer", seed=3)
-    x2, y2 = finetune.make_batch(range(5, 9), 512, sample, "answer", seed=3)
+    sample = finetune.needle_sampler(enc)
+    rows = lambda *ids: [[3, i] for i in ids]
+    x, y = finetune.make_batch(rows(5, 6, 7, 8), 512, sample, "answer", 100)
+    x2, y2 = finetune.make_batch(rows(5, 6, 7, 8), 512, sample, "answer", 100)
     assert torch.equal(x, x2) and torch.equal(y, y2) and x.shape == y.shape == (4, 512)
-    assert not torch.equal(x, finetune.make_batch(range(6, 10), 512, sample, "answer", seed=3)[0])
-    xa, ya = finetune.make_batch(range(5, 9), 512, sample, "all", seed=3)
+    assert not torch.equal(x, finetune.make_batch(rows(6, 7, 8, 9), 512, sample, "answer", 100)[0])
+    xa, ya = finetune.make_batch(rows(5, 6, 7, 8), 512, sample, "all", 100)
     assert torch.equal(xa, x)
     for r in range(4):
         text = enc.decode(x[r].tolist())
@@ -325,12 +326,60 @@ def test_finetune_packing(monkeypatch):
         kept = enc.decode([t for t in y[r].tolist() if t >= 0])
         assert kept and kept == "".join(f" {k}." for k in keys[:kept.count(".")])
         assert ((ya[r] >= 0).sum() > 5 * (y[r] >= 0).sum()) and torch.equal(ya[r][y[r] >= 0], y[r][y[r] >= 0])
+    assert sum(len(re.findall("Remember it", enc.decode(r.tolist()))) for r in x) > 4  # packed: several a row
+    # pack=0: one sample a row, exactly the row's length (the <|endoftext|> after it is the last target)
+    x1, y1 = finetune.make_batch(rows(5, 6, 7, 8), 512, sample, "answer", 100, pack=False)
+    for r in range(4):
+        text = enc.decode(x1[r].tolist())
+        key = re.findall(r"The pass key is (\d+)\. Remember it", text)
+        assert len(key) == 1 and "<|endoftext|>" not in text and text.endswith(f"The pass key is {key[0]}.")
+        assert enc.decode([t for t in y1[r].tolist() if t >= 0]) == f" {key[0]}."
+
+
+@needs_tokenizer
+def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_path, monkeypatch):
+    """--curriculum=128: the first half of the steps on rows of 128 tokens, twice as many of them; resume exact."""
+    import finetune
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    init, _ = pretrained
+    seen = []
+    make_batch = finetune.make_batch
+    monkeypatch.setattr(finetune, "make_batch", lambda rows, L, *a: seen.append((len(rows), L)) or make_batch(rows, L, *a))
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    extra = ("--curriculum=128", "--pack=0", "--steps=4", "--min_len=128")
+    finetune.main(ft_args(init, full, *extra))
+    assert seen[:8] == [(4, 128)] * 4 + [(2, 256)] * 4  # 2 micro-batches a step; rows x length = 512 tokens
+    finetune.main(ft_args(init, split, *extra, "--halt_at=1"))
+    finetune.main(ft_args(init, split, *extra, "--resume=1"))
+    assert losses(split) == losses(full)
+
+
+@needs_tokenizer
+def test_finetune_adds_memory_to_local_checkpoint(shards, tmp_path, monkeypatch):
+    """--attn=infini on a local checkpoint: every pretrained weight loaded, gates new at 0.5, then trained."""
+    import finetune
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    local = str(tmp_path / "local")
+    train.main(tiny_args(shards, local, "--vocab_size=50304", "--steps=1", "--attn=local"))
+    init = os.path.join(local, "ckpt.pt")
+    out = str(tmp_path / "conv")
+    finetune.main(ft_args(init, out, "--attn=infini"))
+    header = rows(out, "config")[0]
+    assert header["config"]["attn"] == "infini" and np.allclose(header["gates"], 0.5)
+    ckpt, src = train.load_checkpoint(os.path.join(out, "ckpt.pt")), train.load_checkpoint(init)
+    assert ckpt["config"]["attn"] == "infini" and set(ckpt["model"]) - set(src["model"]) == {
+        f"blocks.{i}.attn.beta" for i in range(2)}
+    assert not torch.equal(ckpt["model"]["blocks.0.attn.beta"], torch.zeros(4))  # the gates trained
+    # the pretrained weights were loaded (not a fresh init): the embedding moved only a little
+    e0, e1 = src["model"]["tok_emb.weight"], ckpt["model"]["tok_emb.weight"]
+    assert (e1 - e0).norm() < 0.1 * e0.norm()
 
 
 @needs_tokenizer
 def test_finetune_bad_input_one_line(pretrained, tmp_path):
     init, _ = pretrained
-    for extra, expect in [(["--attn=local"], "keeps the pretrained architecture"),
+    for extra, expect in [(["--attn=local"], "can only add the memory"),
+                          (["--curriculum=100"], "every --curriculum length"),
                           (["--init=" + str(tmp_path / "none.pt")], "none.pt does not exist"),
                           (["--parquet=" + str(tmp_path / "none.parquet")], "cannot read columns")]:
         r = run("finetune.py", *ft_args(init, str(tmp_path / "o"), *extra))
