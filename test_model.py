@@ -208,6 +208,22 @@ def test_streaming_equals_one_call(update):
     assert rel_err(m(idx, last_only=True)[0][:, -1], full_logits[:, -1]) < 1e-12
 
 
+def test_unaligned_chunk_cannot_be_continued():
+    # a chunk that ends mid-segment returns the memory after its last complete segment; continuing from
+    # it would misalign every later segment, so forward refuses it (one clear error, not wrong logits)
+    m = tiny_model("infini", "delta")
+    idx = torch.randint(0, 97, (1, 40))
+    _, _, mem = m(idx[:, :12])                                        # 1 segment + 4 tokens
+    assert isinstance(mem, list) and len(mem) == m.cfg.n_layer        # still readable
+    with pytest.raises(ValueError, match="ended mid-segment"):
+        m(idx[:, 12:], memory=mem)
+    _, _, mem = m(idx[:, :16])                                        # aligned: continues exactly
+    assert rel_err(m(idx[:, 16:], memory=mem)[0], m(idx)[0][:, 16:]) < 1e-10
+    # generate() feeds a tail of 1..segment tokens (then longer) with a memory and ignores what it returns
+    out = m.generate(idx[:, 16:19], 10, memory=mem)
+    assert torch.equal(out[:, :3], idx[:, 16:19]) and out.shape == (1, 13)
+
+
 @pytest.mark.parametrize("attn", ["infini", "local"])
 def test_gradients_through_memory_path(attn):
     # segment 1's input is zero, so segment 1's local attention reads v = 0: its output can depend on
