@@ -163,10 +163,10 @@ def main(argv=None):
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")
 
+    shards = None
     if args.parquet or args.hf_dataset:
         sample = table_sampler(enc, *load_table(args))
     else:
-        shards = None
         if args.filler == "shards":
             paths = find_shards(args.data_dir, "train")
             if not paths:
@@ -175,7 +175,7 @@ def main(argv=None):
             shards = [load_shard(p) for p in paths]
         sample = needle_sampler(enc, args.seq_len, args.min_len, filler_shards=shards)
     # held-out samples: evaluation keys, loss on the answers only, always the same rows
-    val_sample = needle_sampler(enc, args.seq_len, args.min_len, eval_keys=True)
+    val_sample = needle_sampler(enc, args.seq_len, args.min_len, eval_keys=True, filler_shards=shards)  # same haystack
     n_val = max(1, args.eval_tokens // args.seq_len)
     if n_val >= args.batch_size * ctx_world:  # whole batches on every rank: compiled blocks see one shape
         n_val -= n_val % (args.batch_size * ctx_world)
