@@ -281,11 +281,15 @@ def check_args(args, enc):
         raise SystemExit("error: --samples, --new_tokens and --batch_size must be positive")
     if args.chunk is not None and args.chunk <= 0:
         raise SystemExit("error: --chunk must be positive")
+    def fits(L):  # keys take 1 to 4 tokens, 999999 takes 2: 3 copies of the key x 2 tokens of margin
+        try:
+            return len(make_sample(enc, L - 6, 0.5, 999999)[0]) > 0
+        except ValueError:
+            return False
     for L in args.lengths:
-        try:  # the longest key (6 digits) needs the most room
-            make_sample(enc, L, 0.5, 999999)
-        except ValueError as e:
-            raise SystemExit(f"error: --lengths {L}: {e}")
+        if not fits(L):
+            need = next(n for n in range(L, L + 10_000) if fits(n))
+            raise SystemExit(f"error: --lengths {L} is too short for the passkey template (at least {need} tokens)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"error: --device={args.device} but this torch sees no CUDA GPU; pass --device=cpu")
     folder = os.path.dirname(os.path.abspath(args.out))

@@ -247,7 +247,7 @@ def test_passkey_cli_needs_a_model():
 
 
 @pytest.mark.parametrize("extra,expect", [
-    (["--lengths", "256", "50"], "--lengths 50: length 50 is too short for the template"),
+    (["--lengths", "256", "50"], "--lengths 50 is too short for the passkey template (at least 66 tokens)"),
     (["--samples", "0"], "must be positive"),
     (["--chunk", "40"], "--chunk (40) must be a multiple of the segment (32)"),
     (["--out", "{tmp}/missing/pk.json"], "missing) does not exist"),

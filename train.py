@@ -527,7 +527,7 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
             acc.zero_()
             n_acc = 0
     if ctx.world > 1:
-        dist.barrier()  # every rank leaves together, after rank 0 has written the checkpoint
+        dist.barrier(group=ctx.cpu_group)  # every rank leaves together, after rank 0 has written the checkpoint
     if stopped:
         name = signal.Signals(stop.signum).name if stop.signum else "a signal on another rank"
         raise SystemExit(f"stopped by {name} at step {step}: checkpoint {ckpt_path} written; the same command "
