@@ -122,8 +122,9 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
     """Retrieve from, then update, the memory of every segment at once.
 
     sq, sk, v: (B, S, H, N, D); sq = sigma(Q), sk = sigma(K), taken before RoPE. They stay in the compute
-    dtype (bf16 under autocast, as they leave bf16 matmuls) and feed the matmuls as operands, which
-    accumulate in fp32; the state M, z, the normaliser and the division are fp32 (fp64 for fp64 inputs).
+    dtype (bf16 under autocast, as they leave bf16 matmuls) and are the matmuls' operands; each matmul's
+    result comes out in that dtype (bf16: rounded) before it is cast up, and M is cast down to it for the
+    retrieval. The state M, z, the scan, the normaliser and the division are fp32 (fp64 for fp64 inputs).
     n_full: how many of the S segments are complete (only those write to the memory that is returned).
     memory: (M, z) with M (B, H, D, D), z (B, H, D) left by earlier segments, or None (empty).
     Returns A_mem (B, S, H, N, D) in fp32, where segment s reads M_{s-1}, and (M, z) after segment n_full.
