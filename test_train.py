@@ -385,7 +385,7 @@ def test_teardown_frees_the_process_group(tmp_path, monkeypatch):
     try:
         step()
         train.teardown_distributed()
-        alive = [o for o in gc.get_objects() if isinstance(o, DDP)]
+        alive = [o for o in gc.get_objects() if type(o) is DDP]
     finally:
         gc.enable()
     assert not dist.is_initialized()
