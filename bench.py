@@ -178,25 +178,32 @@ def stream(args):
     return rows
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    from prepare_fineweb import HelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--mode", default="check,train,stream", help="comma-separated: check, train, stream")
-    p.add_argument("--model", default="300m")
-    p.add_argument("--segment", type=int, default=1024)
-    p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384])
-    p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear", "infini-delta"])
+    p.add_argument("--model", default="300m", help="size preset (model.py)")
+    p.add_argument("--segment", type=int, default=1024, help="segment length of local / infini")
+    p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384], help="training sequence lengths")
+    p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear", "infini-delta"],
+                   help="attention[-update] variants to time")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--compile", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
+    p.add_argument("--compile", type=int, default=1, help="1 = torch.compile each block")
     p.add_argument("--profile", default="infini-linear", help="variant to profile (kernel table), or none")
-    p.add_argument("--profile_T", type=int, default=8192)
-    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072, 1048576])
+    p.add_argument("--profile_T", type=int, default=8192, help="sequence length of the profile")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072, 1048576],
+                   help="streaming prompt lengths")
     p.add_argument("--chunk", type=int, default=8192, help="streaming chunk, a multiple of the segment")
     p.add_argument("--full_max", type=int, default=131072, help="longest prompt tried with full attention")
-    p.add_argument("--out_dir", default="results")
+    p.add_argument("--out_dir", default="results", help="where the JSON goes")
     p.add_argument("--tag", default=None, help="file-name tag; default: the GPU's short name")
-    args = p.parse_args()
+    return p
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
     args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")

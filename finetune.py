@@ -188,10 +188,10 @@ def main(argv=None):
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")
 
+    shards = None
     if args.parquet or args.hf_dataset:
         sample = table_sampler(enc, *load_table(args))
     else:
-        shards = None
         if args.filler == "shards":
             paths = find_shards(args.data_dir, "train")
             if not paths:
@@ -200,7 +200,7 @@ def main(argv=None):
             shards = [load_shard(p) for p in paths]
         sample = needle_sampler(enc, filler_shards=shards)
     # held-out samples: evaluation keys, loss on the answers only, always the same rows
-    val_sample = needle_sampler(enc, eval_keys=True)
+    val_sample = needle_sampler(enc, eval_keys=True, filler_shards=shards)  # the same haystack as training
     n_val = max(1, args.eval_tokens // args.seq_len)
     if n_val >= args.batch_size * ctx_world:  # whole batches on every rank: compiled blocks see one shape
         n_val -= n_val % (args.batch_size * ctx_world)

@@ -122,8 +122,9 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
     """Retrieve from, then update, the memory of every segment at once.
 
     sq, sk, v: (B, S, H, N, D); sq = sigma(Q), sk = sigma(K), taken before RoPE. They stay in the compute
-    dtype (bf16 under autocast, as they leave bf16 matmuls) and feed the matmuls as operands, which
-    accumulate in fp32; the state M, z, the normaliser and the division are fp32 (fp64 for fp64 inputs).
+    dtype (bf16 under autocast, as they leave bf16 matmuls) and are the matmuls' operands; each matmul's
+    result comes out in that dtype (bf16: rounded) before it is cast up, and M is cast down to it for the
+    retrieval. The state M, z, the scan, the normaliser and the division are fp32 (fp64 for fp64 inputs).
     n_full: how many of the S segments are complete (only those write to the memory that is returned).
     memory: (M, z) with M (B, H, D, D), z (B, H, D) left by earlier segments, or None (empty).
     Returns A_mem (B, S, H, N, D) in fp32, where segment s reads M_{s-1}, and (M, z) after segment n_full.
@@ -253,6 +254,11 @@ class Block(nn.Module):
 # -----------------------------------------------------------------------------
 # the model
 
+class UnalignedMemory(list):
+    """The per-layer memory returned after a chunk whose length is not a multiple of the segment: the
+    state after its last complete segment, readable (e.g. to compare), but refused as a memory input."""
+
+
 class Llama(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -284,11 +290,16 @@ class Llama(nn.Module):
         memory: per layer (M, z) carried from an earlier call (infini only), or None. Segments are
         counted from the start of idx, so when streaming, feed chunks whose lengths are multiples of
         the segment (the last chunk may be shorter). The returned memory is the state after the last
-        complete segment of idx (None for "full" and "local").
+        complete segment of idx (None for "full" and "local"); after a chunk that ends mid-segment it
+        is an UnalignedMemory, which forward refuses: continuing from it would skip that chunk's last
+        partial segment and misalign every later one (logits silently off by tens of percent).
         targets: (B, T) ids, -1 = ignored. last_only: logits for the last position only (generation).
         """
         cfg = self.cfg
         B, T = idx.shape
+        if isinstance(memory, UnalignedMemory):
+            raise ValueError("this memory comes from a chunk that ended mid-segment and cannot be continued: "
+                             f"stream in chunks of whole segments ({cfg.segment} tokens); only the last may be shorter")
         x = self.tok_emb(idx)
         n_pos = T if cfg.attn == "full" else cfg.segment     # local/infini: positions restart each segment
         cos, sin = rope_cos_sin(n_pos, cfg.head_dim, cfg.rope_theta, idx.device, x.dtype)
@@ -300,7 +311,9 @@ class Llama(nn.Module):
         if last_only:
             x = x[:, -1:]
         logits, loss = self.head(x, targets)
-        return logits, loss, (new_memory if cfg.attn == "infini" else None)
+        if cfg.attn != "infini":
+            return logits, loss, None
+        return logits, loss, (new_memory if T % cfg.segment == 0 else UnalignedMemory(new_memory))
 
     def head(self, x, targets=None):
         """Final norm, vocabulary projection and loss (its own method so compile_model can fuse it)."""
@@ -352,7 +365,8 @@ class Llama(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, memory=None):
         """Greedy decoding, used by the passkey test. For infini, pass `memory` from streaming the part
-        of the prompt before idx (idx must then start on a segment boundary)."""
+        of the prompt before idx (idx must then start on a segment boundary). Each call re-reads idx
+        from that memory, so the memory returned by those calls is never needed."""
         for _ in range(max_new_tokens):
             logits, _, _ = self(idx, memory=memory, last_only=True)
             idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)

@@ -17,6 +17,7 @@ between calls), so GPU memory stays flat in the prompt length; full attention re
 import argparse
 import hashlib
 import json
+import os
 import random
 import re
 import time
@@ -161,7 +162,10 @@ def load_model(args, device):
     from model import Llama, LlamaConfig, make_config
     if args.random_init:
         torch.manual_seed(args.seed)
-        cfg, label = make_config(args.model, attn=args.attn, segment=args.segment), f"random_init:{args.model}"
+        try:
+            cfg, label = make_config(args.model, attn=args.attn, segment=args.segment), f"random_init:{args.model}"
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
         model = Llama(cfg)
     else:
         from train import load_checkpoint
@@ -245,37 +249,71 @@ def format_table(result, key="accuracy"):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    from prepare_fineweb import HelpFormatter
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--ckpt", help="checkpoint written by train.py / finetune.py")
     p.add_argument("--random_init", action="store_true", help="no checkpoint: a random model (smoke test)")
     p.add_argument("--model", default="tiny", help="preset for --random_init")
     p.add_argument("--attn", default="infini", choices=["infini", "local", "full"], help="attention for --random_init")
     p.add_argument("--segment", type=int, default=None, help="segment for --random_init (default: the preset's)")
-    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
+                   help="prompt + answer lengths in tokens")
     p.add_argument("--depths", type=int, nargs="+", default=[0, 25, 50, 75, 100], help="needle depths in percent")
     p.add_argument("--samples", type=int, default=10, help="samples (keys) per cell")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="keys of every cell (and --random_init's weights)")
     p.add_argument("--new_tokens", type=int, default=8, help="greedy tokens generated after the prompt")
     p.add_argument("--chunk", type=int, default=None, help="streaming chunk in tokens (default 8 segments)")
     p.add_argument("--batch_size", type=int, default=8, help="prompts of one cell decoded together")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default="passkey.json")
-    args = p.parse_args(argv)
-    if not args.random_init and not args.ckpt:
-        p.error("give --ckpt PATH, or --random_init for a smoke test")
-    if any(not 0 <= d <= 100 for d in args.depths):
-        p.error("--depths are percentages in [0, 100]")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
+    p.add_argument("--out", default="passkey.json", help="result JSON (records of every sample)")
+    p.add_argument("--overwrite", type=int, default=0, choices=(0, 1), help="1 = replace an existing --out")
+    return p
 
+
+def check_args(args, enc):
+    """Every mistake as one line, before the model is loaded or the sweep starts."""
+    if not args.random_init and not args.ckpt:
+        raise SystemExit("error: give --ckpt PATH, or --random_init for a smoke test")
+    if any(not 0 <= d <= 100 for d in args.depths):
+        raise SystemExit("error: --depths are percentages in [0, 100]")
+    if min(args.samples, args.new_tokens, args.batch_size) <= 0:
+        raise SystemExit("error: --samples, --new_tokens and --batch_size must be positive")
+    if args.chunk is not None and args.chunk <= 0:
+        raise SystemExit("error: --chunk must be positive")
+    def fits(L):  # keys take 1 to 4 tokens, 999999 takes 2: 3 copies of the key x 2 tokens of margin
+        try:
+            return len(make_sample(enc, L - 6, 0.5, 999999)[0]) > 0
+        except ValueError:
+            return False
+    for L in args.lengths:
+        if not fits(L):
+            need = next(n for n in range(L, L + 10_000) if fits(n))
+            raise SystemExit(f"error: --lengths {L} is too short for the passkey template (at least {need} tokens)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device={args.device} but this torch sees no CUDA GPU; pass --device=cpu")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"error: the folder of --out ({folder}) does not exist")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise SystemExit(f"error: {args.out} exists; pass another --out or --overwrite=1 to replace it")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     from prepare_fineweb import gpt2_encoding
     enc = gpt2_encoding()
+    check_args(args, enc)
     model, label = load_model(args, args.device)
+    if args.chunk is not None and model.cfg.attn != "full" and args.chunk % model.cfg.segment:
+        raise SystemExit(f"error: --chunk ({args.chunk}) must be a multiple of the segment ({model.cfg.segment})")
     t0 = time.time()
     result = evaluate(model, enc, args.lengths, args.depths, args.samples, seed=args.seed,
                       new_tokens=args.new_tokens, chunk=args.chunk, batch_size=args.batch_size, device=args.device)
     result = dict(checkpoint=label, seconds=round(time.time() - t0, 1), **result)
-    with open(args.out, "w") as f:
+    with open(args.out + ".tmp", "w") as f:  # atomic: a killed run never leaves half a JSON
         json.dump(result, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
     print(format_table(result))
     print(format_table(result, "exact"))
     print(f"wrote {args.out} ({result['seconds']} s)")

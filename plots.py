@@ -208,29 +208,36 @@ def save(fig, out):
 
 # -----------------------------------------------------------------------------
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Figures for infini-llama runs (PNG).")
+def get_parser():
+    from prepare_fineweb import HelpFormatter
+    kw = dict(formatter_class=HelpFormatter, allow_abbrev=False)   # defaults in --help; no prefix matching
+    p = argparse.ArgumentParser(description="Figures for infini-llama runs (PNG).", **kw)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("gates", help="gate heatmap layer x head + per-layer mean")
+    s = sub.add_parser("gates", help="gate heatmap layer x head + per-layer mean", **kw)
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint (.pt)")
     src.add_argument("--log", help="log.jsonl (its last row with gates)")
-    s.add_argument("--out", default="gates.png")
-    s = sub.add_parser("gate_trend", help="per-layer mean gate over training steps")
-    s.add_argument("--log", required=True)
-    s.add_argument("--out", default="gate_trend.png")
-    s = sub.add_parser("loss", help="train / val loss of several runs")
-    s.add_argument("--logs", nargs="+", required=True)
-    s.add_argument("--labels", nargs="+")
-    s.add_argument("--out", default="loss.png")
-    s = sub.add_parser("passkey", help="passkey accuracy heatmaps, difference, accuracy vs compressions")
-    s.add_argument("--json", nargs="+", required=True)
-    s.add_argument("--labels", nargs="+")
-    s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"])
-    s.add_argument("--out", default="passkey.png")
-    s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length")
-    s.add_argument("--json", required=True)
-    s.add_argument("--out", default="streaming.png")
+    s.add_argument("--out", default="gates.png", help="PNG to write")
+    s = sub.add_parser("gate_trend", help="per-layer mean gate over training steps", **kw)
+    s.add_argument("--log", required=True, help="train.py's log.jsonl")
+    s.add_argument("--out", default="gate_trend.png", help="PNG to write")
+    s = sub.add_parser("loss", help="train / val loss of several runs", **kw)
+    s.add_argument("--logs", nargs="+", required=True, help="log.jsonl files")
+    s.add_argument("--labels", nargs="+", help="one name per log (default: the log's folder)")
+    s.add_argument("--out", default="loss.png", help="PNG to write")
+    s = sub.add_parser("passkey", help="passkey accuracy heatmaps, difference, accuracy vs compressions", **kw)
+    s.add_argument("--json", nargs="+", required=True, help="passkey.py results")
+    s.add_argument("--labels", nargs="+", help="one name per result (default: the file's folder)")
+    s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"], help="which score to plot")
+    s.add_argument("--out", default="passkey.png", help="PNG to write")
+    s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length", **kw)
+    s.add_argument("--json", required=True, help="bench.py's streaming JSON")
+    s.add_argument("--out", default="streaming.png", help="PNG to write")
+    return p
+
+
+def main(argv=None):
+    p = get_parser()
     args = p.parse_args(argv)
 
     def labels_for(paths):

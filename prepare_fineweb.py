@@ -7,7 +7,7 @@ Tokenize FineWeb sample-10BT (or local text files) into llm.c-style uint16 token
 
 Every document is encoded with GPT-2 BPE (`encode_ordinary`, so text that looks like a special token
 stays text) and followed by <|endoftext|> (50256); documents are concatenated and cut into shards.
-The first shard (--val_tokens tokens) is validation, the rest training:
+The first shard (--val_tokens tokens, at most 10% of --max_tokens) is validation, the rest training:
     data/fineweb10B/fineweb_val_000000.bin, fineweb_train_000001.bin, ...
 Shard layout (llm.c): a header of 256 int32 (magic 20240520, version 1, token count, zeros), then the
 tokens as uint16 (GPT-2's 50257 ids fit). `load_shard(path)` checks the header and memory-maps the tokens.
@@ -27,6 +27,10 @@ import tiktoken
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 EOT = 50256  # <|endoftext|> in GPT-2 BPE
 HUB_TOKENS = 10_000_000_000  # sample-10BT is ~10B GPT-2 tokens: the progress bar's total for ETA
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the docstring's line breaks and show every flag's default in --help (every script uses it)."""
 
 
 def gpt2_encoding():
@@ -104,7 +108,11 @@ def local_texts(files):
     for path in files:
         if path.endswith(".parquet"):
             import pyarrow.parquet as pq
-            pf = pq.ParquetFile(path)
+            try:
+                pf = pq.ParquetFile(path)
+            except Exception as e:  # empty, truncated or not parquet at all: name the file
+                raise ValueError(f"{path} is not a readable parquet file ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''})")
             if "text" not in pf.schema_arrow.names:
                 raise ValueError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names})")
             for batch in pf.iter_batches(batch_size=1024, columns=["text"]):
@@ -177,8 +185,8 @@ def tokenize(text):
 
 # -----------------------------------------------------------------------------
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--input", nargs="*", default=None, help="local .parquet/.jsonl/.txt files or globs with a 'text' "
                    "column/field (quote globs); default: stream --dataset from the Hub")
     p.add_argument("--dataset", default="HuggingFaceFW/fineweb", help="Hub dataset (streamed) when no --input")
@@ -186,14 +194,21 @@ def main(argv=None):
     p.add_argument("--out_dir", default="data/fineweb10B", help="where the shards go")
     p.add_argument("--prefix", default="fineweb", help="shard file name prefix")
     p.add_argument("--shard_size", type=float, default=1e8, help="tokens per training shard")
-    p.add_argument("--val_tokens", type=float, default=2**22, help="tokens in the first (validation) shard")
+    p.add_argument("--val_tokens", type=float, default=2**22, help="tokens in the first (validation) shard; "
+                   "with --max_tokens at most 10%% of it, so a small run still gets training shards")
     p.add_argument("--max_tokens", type=float, default=0, help="stop after this many tokens in all (0 = everything)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2), help="tokenizer processes")
     p.add_argument("--force", type=int, default=0, help="1 = delete existing shards in out_dir and rewrite them")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
     shard_size, val_tokens, max_tokens = int(args.shard_size), int(args.val_tokens), int(args.max_tokens)
     if shard_size <= 0 or val_tokens <= 0 or max_tokens < 0:
         raise SystemExit("error: --shard_size and --val_tokens must be positive, --max_tokens >= 0")
+    if max_tokens:
+        val_tokens = max(1, min(val_tokens, max_tokens // 10))  # a small run keeps 90% for training
 
     os.makedirs(args.out_dir, exist_ok=True)
     existing = glob.glob(os.path.join(args.out_dir, f"{args.prefix}_*.bin"))
@@ -245,6 +260,8 @@ def main(argv=None):
         bar.close()
         if pool is not None:
             pool.terminate()
+    if written == 0:
+        raise SystemExit(f"error: the input holds no text (0 tokens); nothing written to {args.out_dir}")
     if shard < 2:
         print(f"warning: only {written:,} tokens: no training shard (lower --val_tokens)", file=sys.stderr)
     print(f"wrote {shard} shard(s), {written:,} tokens, to {args.out_dir}")

@@ -245,6 +245,27 @@ def test_passkey_cli_needs_a_model():
     with pytest.raises(SystemExit):
         passkey.main(["--lengths", "128"])
 
+
+@pytest.mark.parametrize("extra,expect", [
+    (["--lengths", "256", "50"], "--lengths 50 is too short for the passkey template (at least 66 tokens)"),
+    (["--samples", "0"], "must be positive"),
+    (["--chunk", "40"], "--chunk (40) must be a multiple of the segment (32)"),
+    (["--out", "{tmp}/missing/pk.json"], "missing) does not exist"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--out", "{tmp}/exists.json"], "exists; pass another --out or --overwrite=1"),
+])
+def test_passkey_bad_input_one_line(enc, tmp_path, monkeypatch, extra, expect):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    (tmp_path / "exists.json").write_text("{}")
+    monkeypatch.setattr(passkey, "evaluate", lambda *a, **kw: pytest.fail("the sweep started"))  # checked before it
+    argv = ["--random_init", "--segment", "32", "--lengths", "256", "--samples", "1", "--device", "cpu",
+            "--out", str(tmp_path / "pk.json"), *(e.format(tmp=tmp_path) for e in extra)]
+    with pytest.raises(SystemExit) as e:
+        passkey.main(argv)
+    msg = str(e.value)
+    assert msg.startswith("error:") and "\n" not in msg and expect in msg, msg
+
 # -----------------------------------------------------------------------------
 # plots
 

@@ -5,6 +5,7 @@ explicit softmax, explicit RoPE and explicit memory reads/writes; the fast path 
 segments, prefix-summed / scanned memory) must compute the same function on fresh random inputs.
 """
 import math
+import os
 
 import pytest
 import torch
@@ -206,6 +207,38 @@ def test_streaming_equals_one_call(update):
         assert rel_err(M1, M2) < 1e-10 and rel_err(z1, z2) < 1e-10
     # last_only returns the last position's logits of the same computation
     assert rel_err(m(idx, last_only=True)[0][:, -1], full_logits[:, -1]) < 1e-12
+
+
+def test_memory_precision_is_what_the_readme_says():
+    # README: under bf16 the memory's matmul results are rounded to bf16 before the fp32 cast, M is cast to
+    # bf16 for retrieval, and the state stays fp32. Check each on one segment of the linear rule.
+    from model import compressive_memory
+    torch.manual_seed(0)
+    sq, sk, v = (torch.rand(1, 2, 1, 8, 4).bfloat16() for _ in range(3))
+    a_mem, (M, z) = compressive_memory(sq, sk, v, "linear", n_full=2)
+    assert M.dtype == z.dtype == a_mem.dtype == torch.float32
+    dM = (sk.transpose(-1, -2) @ v).float()                           # bf16 results, cast up
+    assert torch.equal(M, dM[:, 0] + dM[:, 1])
+    norm = (sq[:, 1].float() * z.new_tensor(sk[:, 0].float().sum(2))[:, :, None]).sum(-1, keepdim=True)
+    assert torch.equal(a_mem[:, 1], (sq[:, 1] @ dM[:, 0].bfloat16()).float() / norm.clamp_min(1e-6))
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")).read()
+    assert "operands that accumulate in fp32" not in readme and "rounded to bf16 before it is cast to fp32" in readme
+
+
+def test_unaligned_chunk_cannot_be_continued():
+    # a chunk that ends mid-segment returns the memory after its last complete segment; continuing from
+    # it would misalign every later segment, so forward refuses it (one clear error, not wrong logits)
+    m = tiny_model("infini", "delta")
+    idx = torch.randint(0, 97, (1, 40))
+    _, _, mem = m(idx[:, :12])                                        # 1 segment + 4 tokens
+    assert isinstance(mem, list) and len(mem) == m.cfg.n_layer        # still readable
+    with pytest.raises(ValueError, match="ended mid-segment"):
+        m(idx[:, 12:], memory=mem)
+    _, _, mem = m(idx[:, :16])                                        # aligned: continues exactly
+    assert rel_err(m(idx[:, 16:], memory=mem)[0], m(idx)[0][:, 16:]) < 1e-10
+    # generate() feeds a tail of 1..segment tokens (then longer) with a memory and ignores what it returns
+    out = m.generate(idx[:, 16:19], 10, memory=mem)
+    assert torch.equal(out[:, :3], idx[:, 16:19]) and out.shape == (1, 13)
 
 
 @pytest.mark.parametrize("attn", ["infini", "local"])
