@@ -11,6 +11,7 @@ Compressive Memory" (arXiv 2512.23862). Sources for every number are cited where
 Shapes: B batch, T tokens, C = n_embd, H heads, D head dim, N segment length, S segments.
 """
 import math
+from functools import partial
 from dataclasses import dataclass
 
 import torch
@@ -263,7 +264,8 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     B, S, H, N, D = q.shape
     sd = torch.promote_types(q.dtype, torch.float32)
     M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
-    terms = checkpoint(_write_terms, k, v, z0, update == "delta", use_reentrant=False, preserve_rng_state=False)
+    ck = partial(checkpoint, use_reentrant=False, preserve_rng_state=False)   # recompute in backward, save inputs
+    terms = ck(_write_terms, k, v, z0, update == "delta")
     z_prev, z_after, dM = terms[:3]
     if update == "linear":                                                 # eq. 8: prefix sums, as there
         M_after = M0[:, None] + dM.cumsum(dim=1)
@@ -272,7 +274,10 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     else:
         M_prev, M_out = _DeltaScan.apply(M0, dM, terms[3], n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
-    return _ReadAndMix.apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
+    # compiled, the partitioner would merge backward's recomputation of sigma(q) with forward's and save
+    # it (in fp32); the checkpoint makes it recompute. Eager, the Function's own saves are already minimal.
+    read = partial(ck, _ReadAndMix.apply) if torch.compiler.is_compiling() else _ReadAndMix.apply
+    return read(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
 
 # -----------------------------------------------------------------------------
 # attention
