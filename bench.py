@@ -1,7 +1,7 @@
 """
 GPU measurements, each a mode of this one script so a single device call can run them all:
 
-  python bench.py --mode=check    # fast path (bf16 autocast, GPU) vs the float64 reference of test_model.py
+  python bench.py --mode=check    # the layer (bf16 autocast, GPU) vs the float64 reference of test_model.py
   python bench.py --mode=train    # training tokens/s, MFU, peak memory: full / local / infini-linear / infini-delta
   python bench.py --mode=stream   # prefill in streaming mode: peak memory and tokens/s, 8K .. 1M tokens
   python bench.py --mode=check,train,stream --out_dir=results
@@ -10,6 +10,9 @@ Training throughput: synthetic tokens (random, not zeros), forward + backward + 
 step, bf16 autocast, compiled per block (model.compile_model), the same global batch of --tokens
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
+
+Infini variants name the memory path: "infini-linear-fast" (memory_fast, the default) or
+"infini-linear-plain" (compressive_memory, the spec); "infini-linear" means fast. check and stream run both.
 """
 import argparse
 import json
@@ -41,10 +44,13 @@ def write_rows(path, rows):
 
 def check(args):
     """The 300m-shaped Infini layer on the GPU under bf16 autocast (TF32 on, as in training) against
-    test_model.ref_attention, the float64 per-segment loop written from P2 eqs. 7-10."""
+    test_model.ref_attention, the float64 per-segment loop written from P2 eqs. 7-10, for both memory
+    paths; and the fast path's gradients (x, wqkv, wo, beta) against the plain path's on the GPU."""
+    import copy
     from model import Attention, rope_cos_sin
     from test_model import ref_attention
     rows = []
+    err = lambda a, b: ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()
     for update in ["linear", "delta"]:
         torch.manual_seed(0)
         cfg = make_config("300m", attn="infini", update=update, segment=1024)
@@ -52,17 +58,27 @@ def check(args):
         with torch.no_grad():
             layer.beta.normal_(0, 2.0)
         x = torch.randn(2, 3 * 1024 + 500, cfg.n_embd)                   # 3 full segments + a short one
-        y_ref, mem_ref = ref_attention(layer.double(), x.double())
-        layer = layer.float().cuda()
+        y_ref, mem_ref = ref_attention(copy.deepcopy(layer).double(), x.double())
+        dy = torch.randn_like(y_ref).float().cuda()                        # one upstream gradient for both paths
         cos, sin = rope_cos_sin(cfg.segment, cfg.head_dim, cfg.rope_theta, "cuda", torch.float32)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            y, mem = layer(x.cuda(), cos, sin)
-        err = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()
-        row = dict(update=update, rel_err_out=err(y, y_ref), rel_err_M=err(mem[0], mem_ref[0]),
-                   rel_err_z=err(mem[1], mem_ref[1]), finite=bool(torch.isfinite(y).all()))
-        print(f"check {update:6s}: output rel err {row['rel_err_out']:.2e}, M {row['rel_err_M']:.2e}, "
-              f"z {row['rel_err_z']:.2e} (bf16 projections + attention, fp32/TF32 memory)")
-        rows.append(row)
+        grads = {}
+        for fast in [False, True]:
+            layer.cfg = make_config("300m", attn="infini", update=update, segment=1024, fast_memory=fast)
+            lay = copy.deepcopy(layer).float().cuda()
+            xc = x.to("cuda", copy=True).requires_grad_(True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y, mem = lay(xc, cos, sin)
+            (y.float() * dy).sum().backward()
+            grads[fast] = [xc.grad, lay.wqkv.weight.grad, lay.wo.weight.grad, lay.beta.grad]
+            row = dict(update=update, memory="fast" if fast else "plain", rel_err_out=err(y.detach(), y_ref),
+                       rel_err_M=err(mem[0], mem_ref[0]), rel_err_z=err(mem[1], mem_ref[1]),
+                       finite=bool(torch.isfinite(y).all()))
+            if fast:
+                row["grad_rel_err_vs_plain"] = {k: err(a, b) for k, a, b in zip(["x", "wqkv", "wo", "beta"], grads[True], grads[False])}
+            print(f"check {update:6s} {row['memory']:5s}: output rel err {row['rel_err_out']:.2e}, M {row['rel_err_M']:.2e}, "
+                  f"z {row['rel_err_z']:.2e} (bf16 projections + attention, fp32/TF32 memory)"
+                  + (f"; grads vs plain {row['grad_rel_err_vs_plain']}" if fast else ""), flush=True)
+            rows.append(row)
     return rows
 
 
@@ -70,10 +86,12 @@ def train_throughput(args):
     rows, path = [], os.path.join(args.out_dir, f"bench_{args.tag}.json")
     for T in args.Ts:
         for variant in args.variants:
-            attn, _, update = variant.partition("-")
+            attn, update, memory = (variant.split("-") + [None, None])[:3]
+            memory = (memory or "fast") if attn == "infini" else None
             torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
             torch.manual_seed(0)
-            cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment)
+            cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
+                              fast_memory=memory != "plain")
             model = Llama(cfg).cuda()
             opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
             if args.compile:
@@ -105,7 +123,7 @@ def train_throughput(args):
             dt = start.elapsed_time(end) / 1e3 / args.steps
             tok_s = B * T / dt
             peak = peak_flops()
-            row = dict(attn=attn, update=update or None, T=T, batch=B, tok_s=round(tok_s),
+            row = dict(attn=attn, update=update or None, memory=memory, T=T, batch=B, tok_s=round(tok_s),
                        mfu=round(model.flops_per_token(T) * tok_s / peak, 4) if peak else None,
                        peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                        compile_s=round(compile_s, 1), step_ms=round(dt * 1e3, 1), loss=round(loss.item(), 3))
@@ -116,14 +134,17 @@ def train_throughput(args):
                 profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
             del model, opt, data
             torch.cuda.empty_cache()
-    # the table, with ratios against full attention measured in this same run
+    # the table, with ratios against full and local attention measured in this same run
     full = {r["T"]: r for r in rows if r["attn"] == "full"}
-    print(f"\n{'variant':14s} {'T':>6s} {'B':>3s} {'tok/s':>9s} {'x full':>7s} {'MFU':>6s} {'peak GB':>8s} {'compile s':>9s}")
+    local = {r["T"]: r for r in rows if r["attn"] == "local"}
+    ratio = lambda r, ref, k: r[k] / ref[r["T"]][k] if ref.get(r["T"], {}).get(k) else float("nan")
+    print(f"\n{'variant':20s} {'T':>6s} {'B':>3s} {'tok/s':>9s} {'x full':>7s} {'x local':>7s} {'MFU':>6s} "
+          f"{'peak GB':>8s} {'x local':>7s} {'compile s':>9s}")
     for r in rows:
-        name = r["attn"] + (f"-{r['update']}" if r["update"] else "")
-        ratio = r["tok_s"] / full[r["T"]]["tok_s"] if r["T"] in full else float("nan")
-        print(f"{name:14s} {r['T']:6d} {r['batch']:3d} {r['tok_s']:9d} {ratio:7.2f} {r['mfu'] or 0:6.3f} "
-              f"{r['peak_gb']:8.2f} {r['compile_s']:9.1f}")
+        name = "-".join(str(r[k]) for k in ("attn", "update", "memory") if r[k])
+        print(f"{name:20s} {r['T']:6d} {r['batch']:3d} {r['tok_s']:9d} {ratio(r, full, 'tok_s'):7.2f} "
+              f"{ratio(r, local, 'tok_s'):7.2f} {r['mfu'] or 0:6.3f} {r['peak_gb']:8.2f} "
+              f"{ratio(r, local, 'peak_gb'):7.2f} {r['compile_s']:9.1f}")
     return rows
 
 
@@ -144,9 +165,9 @@ def stream(args):
     """Prefill a long prompt chunk by chunk. infini carries (M, z) between chunks, so activation memory
     is that of one chunk whatever the length; full attention takes the prompt in one call."""
     rows, path = [], os.path.join(args.out_dir, f"streaming_{args.tag}.json")
-    for attn in ["infini", "full"]:
+    for attn, memory in [("infini", "fast"), ("infini", "plain"), ("full", None)]:
         torch.manual_seed(0)
-        model = Llama(make_config(args.model, attn=attn, segment=args.segment)).cuda().eval()
+        model = Llama(make_config(args.model, attn=attn, segment=args.segment, fast_memory=memory != "plain")).cuda().eval()
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):   # warm-up: kernels, allocator
             model(torch.randint(0, 50257, (1, args.chunk), device="cuda"), last_only=True)
         for length in args.lengths:
@@ -166,10 +187,10 @@ def stream(args):
                             logits, _, mem = model(idx[:, i:i + args.chunk], memory=mem, last_only=True)
                     torch.cuda.synchronize()
                     dt = time.perf_counter() - t0
-                row = dict(attn=attn, length=length, peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                row = dict(attn=attn, memory=memory, length=length, peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                            tok_s=round(length / dt))
             except torch.cuda.OutOfMemoryError:
-                row = dict(attn=attn, length=length, peak_gb=None, tok_s=None, oom=True)
+                row = dict(attn=attn, memory=memory, length=length, peak_gb=None, tok_s=None, oom=True)
             print(json.dumps(row), flush=True)
             rows.append(row)
             write_rows(path, rows)
@@ -185,13 +206,14 @@ def get_parser():
     p.add_argument("--model", default="300m", help="size preset (model.py)")
     p.add_argument("--segment", type=int, default=1024, help="segment length of local / infini")
     p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384], help="training sequence lengths")
-    p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear", "infini-delta"],
-                   help="attention[-update] variants to time")
+    p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear-plain", "infini-linear-fast",
+                                                      "infini-delta-plain", "infini-delta-fast"],
+                   help="attention[-update[-plain|-fast]] variants to time (plain = compressive_memory, fast = memory_fast)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     p.add_argument("--compile", type=int, default=1, help="1 = torch.compile each block")
-    p.add_argument("--profile", default="infini-linear", help="variant to profile (kernel table), or none")
+    p.add_argument("--profile", default="infini-linear-fast", help="variant to profile (kernel table), or none")
     p.add_argument("--profile_T", type=int, default=8192, help="sequence length of the profile")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072, 1048576],
                    help="streaming prompt lengths")

@@ -11,11 +11,13 @@ Compressive Memory" (arXiv 2512.23862). Sources for every number are cited where
 Shapes: B batch, T tokens, C = n_embd, H heads, D head dim, N segment length, S segments.
 """
 import math
+from functools import partial
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 # -----------------------------------------------------------------------------
 # config
@@ -31,6 +33,7 @@ class LlamaConfig:
     attn: str = "infini"         # "infini" (memory + local) | "local" (segments, no memory) | "full"
     update: str = "delta"        # memory update rule: "delta" (eq. 9, P1's choice) | "linear" (eq. 8)
     gate: str = "hard_sigmoid"   # "hard_sigmoid" (P1: clamp(0.2b+0.5, 0, 1)) | "sigmoid" (P2)
+    fast_memory: bool = True     # infini: the recomputing memory path (memory_fast); False = compressive_memory, the spec
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -161,6 +164,123 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
     return a_mem, (M_out, z_out)
 
 # -----------------------------------------------------------------------------
+# the same memory, cheaper on the GPU (cfg.fast_memory). Tested equal to compressive_memory + eq. 10 in
+# test_model.py (forward and every gradient). What it changes: autograd through compressive_memory saves
+# sigma(Q), sigma(K) and an fp32 (B, S, H, N, D) retrieval per layer and runs several elementwise passes
+# over them; here the per-token work is recomputed from q and k (alive anyway: views of the qkv
+# projection), so only per-segment D x D states are saved, and the delta scan runs one matmul per step.
+
+def _sig(t):
+    """sigma in fp32 (at least), returned in fp32 and in t's dtype (the matmul operand)."""
+    s = sigma(t.to(torch.promote_types(t.dtype, torch.float32)))
+    return s, s.to(t.dtype)
+
+
+class _ReadAndMix(torch.autograd.Function):
+    """Eqs. 7 + 10: y = g sigma(q) M_{s-1} / (sigma(q) z_{s-1}) + (1 - g) y_dot, in one function.
+    Saves q, y_dot (SDPA keeps it anyway) and M, z; backward recomputes sigma(q) and the normaliser and
+    never forms A_mem: with G = dy M^T, dy . A_mem = sigma(q) . G / den per token."""
+
+    @staticmethod
+    def forward(ctx, q, M, z, y_dot, g):
+        _, sq = _sig(q)
+        a_mem = (sq @ M.to(sq.dtype)).to(M.dtype) / normaliser(sq, z)      # as in compressive_memory
+        ctx.save_for_backward(q, M, z, y_dot, g)
+        return (g * a_mem + (1.0 - g) * y_dot.to(M.dtype)).to(y_dot.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, M, z, y_dot, g = ctx.saved_tensors
+        s32, sq = _sig(q)
+        raw = (sq.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)      # normaliser before its floor
+        den = raw.clamp_min(EPS)
+        G = (dy @ M.transpose(-1, -2).to(dy.dtype)).to(M.dtype)            # dy M^T, (B, S, H, N, D)
+        dya = (sq.to(M.dtype) * G).sum(-1, keepdim=True) / den              # dy . A_mem per token
+        dy32 = dy.to(M.dtype)
+        dden = -g * dya / den * (raw >= EPS)                               # no gradient through the floor
+        dsq = g * G / den + dden * z.unsqueeze(-2)
+        dq = (dsq * s32.clamp_max(1.0)).to(q.dtype)                         # elu'(x) = min(sigma(x), 1)
+        dM = (sq.transpose(-1, -2) @ (g * dy32 / den).to(sq.dtype)).to(M.dtype)
+        dz = (dden * sq.to(M.dtype)).sum(-2)
+        dg = (dya - (dy32 * y_dot.to(M.dtype)).sum(-1, keepdim=True)).sum((0, 1, 3, 4), keepdim=True)
+        return dq, dM, dz, ((1.0 - g) * dy32).to(y_dot.dtype), dg
+
+
+class _DeltaScan(torch.autograd.Function):
+    """Eq. 9's scan M_s = M_{s-1} + dM_s - W_s M_{s-1} over the first n_full segments (the loop of
+    compressive_memory). Backward runs one D x D matmul per step too, gM_{s-1} = gM_s - W_s^T gM_s (+ the
+    read's gradient), and gets dW = -gM_s M_{s-1}^T for all steps in one batched matmul after the loop.
+    Returns M_prev (B, S, H, D, D), M_{s-1} for every segment s, and the state after segment n_full."""
+
+    @staticmethod
+    def forward(ctx, M0, dM, W, n_full):
+        B, S, H, D, _ = dM.shape
+        bmm = lambda t: t.reshape(B * H, D, D)                              # views: M, dMt[s], Wt[s] are contiguous
+        dMt, Wt = dM.transpose(0, 1).contiguous(), W.transpose(0, 1).contiguous()   # (S, B, H, D, D)
+        M, Ms = M0.contiguous(), []
+        for s in range(S):
+            Ms.append(M)
+            if s < n_full:
+                M = torch.baddbmm(bmm(M + dMt[s]), bmm(Wt[s]), bmm(M), alpha=-1).view(B, H, D, D)
+        M_prev = torch.stack(Ms, dim=1)
+        ctx.save_for_backward(Wt, M_prev)
+        ctx.n_full = n_full
+        return M_prev, M
+
+    @staticmethod
+    def backward(ctx, gM_prev, gM):
+        Wt, M_prev = ctx.saved_tensors
+        B, S, H, D, _ = M_prev.shape
+        bmm = lambda t: t.reshape(B * H, D, D)
+        gMt = gM_prev.transpose(0, 1).contiguous() if gM_prev is not None else torch.zeros_like(Wt)
+        g = gM.contiguous() if gM is not None else torch.zeros_like(Wt[0])  # gradient of the state after step s
+        gs = []
+        for s in reversed(range(S)):
+            if s < ctx.n_full:
+                gs.append(g)
+                g = torch.baddbmm(bmm(g + gMt[s]), bmm(Wt[s]).transpose(-1, -2), bmm(g), alpha=-1).view(B, H, D, D)
+            else:
+                gs.append(torch.zeros_like(g))
+                g = g + gMt[s]
+        gdM = torch.stack(gs[::-1], dim=1)
+        return g, gdM, -(gdM @ M_prev.transpose(-1, -2)), None
+
+
+def _write_terms(k, v, z0, delta):
+    """The write side of compressive_memory from k (before sigma) and v: z_{s-1}, z_s, sigma(K)^T V and the
+    delta rule's W_s, the same lines as there. Run under checkpoint, so sigma(K) is recomputed, not saved."""
+    _, sk = _sig(k)
+    sd = z0.dtype
+    z_after = z0[:, None] + sk.sum(dim=3, dtype=sd).cumsum(dim=1)
+    z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)
+    dM = (sk.transpose(-1, -2) @ v).to(sd)
+    if not delta:
+        return z_prev, z_after, dM
+    return z_prev, z_after, dM, (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd)
+
+
+def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
+    """compressive_memory + the gate mix of eq. 10, from q, k before sigma: (y (B, S, H, N, D) in y_dot's
+    dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype."""
+    B, S, H, N, D = q.shape
+    sd = torch.promote_types(q.dtype, torch.float32)
+    M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
+    ck = partial(checkpoint, use_reentrant=False, preserve_rng_state=False)   # recompute in backward, save inputs
+    terms = ck(_write_terms, k, v, z0, update == "delta")
+    z_prev, z_after, dM = terms[:3]
+    if update == "linear":                                                 # eq. 8: prefix sums, as there
+        M_after = M0[:, None] + dM.cumsum(dim=1)
+        M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
+        M_out = M_after[:, n_full - 1] if n_full > 0 else M0
+    else:
+        M_prev, M_out = _DeltaScan.apply(M0, dM, terms[3], n_full)
+    z_out = z_after[:, n_full - 1] if n_full > 0 else z0
+    # compiled, the partitioner would merge backward's recomputation of sigma(q) with forward's and save
+    # it (in fp32); the checkpoint makes it recompute. Eager, the Function's own saves are already minimal.
+    read = partial(ck, _ReadAndMix.apply) if torch.compiler.is_compiling() else _ReadAndMix.apply
+    return read(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
+
+# -----------------------------------------------------------------------------
 # attention
 
 class Attention(nn.Module):
@@ -215,11 +335,15 @@ class Attention(nn.Module):
                 # autocast off: we choose each op's precision ourselves (see compressive_memory);
                 # sigma is evaluated in fp32 and stored in the compute dtype of q
                 per_head = lambda t: t.transpose(2, 3)                              # (B, S, H, N, D)
-                sig = lambda t: sigma(t.to(torch.promote_types(t.dtype, torch.float32))).to(t.dtype)
-                a_mem, new_memory = compressive_memory(
-                    sig(per_head(q)), sig(per_head(k)), per_head(v), self.cfg.update, n_full, memory)
-                g = self.gate().to(a_mem.dtype).view(1, 1, H, 1, 1)
-                y = (g * a_mem + (1.0 - g) * y.to(a_mem.dtype)).to(y.dtype)       # eq. 10
+                g = self.gate().to(torch.promote_types(q.dtype, torch.float32)).view(1, 1, H, 1, 1)
+                if self.cfg.fast_memory:                                            # the same function, recomputing
+                    y, new_memory = memory_fast(
+                        per_head(q), per_head(k), per_head(v), y, g, self.cfg.update, n_full, memory)
+                else:
+                    sig = lambda t: sigma(t.to(torch.promote_types(t.dtype, torch.float32))).to(t.dtype)
+                    a_mem, new_memory = compressive_memory(
+                        sig(per_head(q)), sig(per_head(k)), per_head(v), self.cfg.update, n_full, memory)
+                    y = (g * a_mem + (1.0 - g) * y.to(a_mem.dtype)).to(y.dtype)   # eq. 10
 
         y = y.transpose(2, 3).reshape(B, S * N, C)[:, :T]                  # (B, S, N, H, D) -> (B, T, C)
         return self.wo(y), new_memory

@@ -105,12 +105,13 @@ def random_infini_layer(**kw):
     return attn
 
 
+@pytest.mark.parametrize("fast_memory", [False, True])                 # compressive_memory / memory_fast
 @pytest.mark.parametrize("update", ["linear", "delta"])
 @pytest.mark.parametrize("gate", ["hard_sigmoid", "sigmoid"])
 @pytest.mark.parametrize("T", [32, 29, 5])                             # a multiple of the segment, not, shorter
-def test_fast_path_matches_float64_reference(update, gate, T):
+def test_fast_path_matches_float64_reference(update, gate, T, fast_memory):
     torch.manual_seed(hash((update, gate, T)) % 2**31)
-    attn = random_infini_layer(update=update, gate=gate)
+    attn = random_infini_layer(update=update, gate=gate, fast_memory=fast_memory)
     x = torch.randn(3, T, 32, dtype=torch.float64)
     y, mem = fast_attention(attn, x)
     y_ref, mem_ref = ref_attention(attn, x)
@@ -123,6 +124,95 @@ def test_fast_path_matches_float64_reference(update, gate, T):
         y2, _ = fast_attention(attn, x2, mem)
         y2_ref, _ = ref_attention(attn, x2, mem_ref)
         assert rel_err(y2, y2_ref) < 1e-6
+
+
+def random_memory(B, H, D, dtype):
+    """A memory as earlier segments would leave it: M any sign, z positive (a sum of sigma(K) rows)."""
+    return torch.randn(B, H, D, D, dtype=dtype), torch.rand(B, H, D, dtype=dtype) * 20
+
+
+def layer_and_grads(attn, x, memory, run=fast_attention, seed=5):
+    """Outputs (y, M, z) and the gradients of a random linear function of all three with respect to
+    x, every weight, beta and the memory passed in (when given)."""
+    x = x.detach().clone().requires_grad_(True)
+    memory = None if memory is None else tuple(t.detach().clone().requires_grad_(True) for t in memory)
+    y, (M, z) = run(attn, x, memory)
+    gen = torch.Generator().manual_seed(seed)
+    w = lambda t: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
+    loss = (y * w(y)).sum() + (M * w(M)).sum() + (z * w(z)).sum()
+    inputs = [x, attn.wqkv.weight, attn.wo.weight, attn.beta] + list(memory or [])
+    return [y, M, z] + list(torch.autograd.grad(loss, inputs))
+
+
+@pytest.mark.parametrize("fast_memory", [False, True])
+@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("T", [32, 29])
+def test_gradients_match_float64_reference(update, T, fast_memory):
+    # the reference loop is differentiable: its gradients are P2's equations differentiated by autograd
+    torch.manual_seed(7)
+    attn = random_infini_layer(update=update, gate="sigmoid", fast_memory=fast_memory)
+    x = torch.randn(2, T, 32, dtype=torch.float64)
+    for memory in [None, random_memory(2, 4, 8, torch.float64)]:
+        got = layer_and_grads(attn, x, memory)
+        want = layer_and_grads(attn, x, memory, run=ref_attention)
+        assert len(got) == len(want) == (7 if memory is None else 9)
+        for a, b in zip(got, want):
+            assert rel_err(a, b) < 1e-9 if b.norm() > 0 else a.norm() == 0
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_fast_memory_equals_compressive_memory(update, dtype, tol):
+    # memory_fast (hand-written backward, checkpointed write side) against autograd through the spec,
+    # forward and all gradients, with and without a memory passed in, short last segment included
+    for T in [32, 29, 5]:
+        torch.manual_seed(hash((update, T)) % 2**31)
+        spec = random_infini_layer(update=update, gate="sigmoid", fast_memory=False).to(dtype)
+        fast = random_infini_layer(update=update, gate="sigmoid", fast_memory=True).to(dtype)
+        fast.load_state_dict(spec.state_dict())
+        x = torch.randn(3, T, 32, dtype=dtype)
+        M, z = random_memory(3, 4, 8, dtype)
+        # (M, 0): the normaliser sits on its floor, where it passes no gradient to z
+        for memory in [None, (M, z), (M, torch.zeros_like(z))]:
+            for a, b in zip(layer_and_grads(fast, x, memory), layer_and_grads(spec, x, memory)):
+                assert a.dtype == b.dtype and a.shape == b.shape
+                assert rel_err(a, b) < tol if b.norm() > 0 else a.norm() == 0
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_fast_memory_bf16_autocast_close_to_compressive_memory(update):
+    # the precision the GPU trains in: both paths cast the same tensors to bf16, so they agree to bf16
+    # rounding (gradients of q/k/v go through bf16 matmul operands in both)
+    torch.manual_seed(4)
+    spec = random_infini_layer(update=update, fast_memory=False).float()
+    fast = random_infini_layer(update=update, fast_memory=True).float()
+    fast.load_state_dict(spec.state_dict())
+    x = torch.randn(2, 40, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = layer_and_grads(fast, x, None), layer_and_grads(spec, x, None)
+    assert got[0].dtype == want[0].dtype == torch.bfloat16
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and rel_err(a.double(), b.double()) < 2e-2
+
+
+@pytest.mark.parametrize("update", ["linear", "delta"])
+def test_memory_fast_under_torch_compile(update):
+    # dynamo traces the autograd.Functions and the checkpoint, and the min-cut partitioner that inductor
+    # uses decides what to save; aot_eager_decomp_partition runs exactly that without generating kernels
+    from model import memory_fast
+    torch.manual_seed(6)
+    B, S, H, N, D = 2, 3, 4, 8, 8
+    args = [torch.randn(B, S, H, N, D) for _ in range(4)] + [torch.rand(1, 1, H, 1, 1)]
+    memory = random_memory(B, H, D, torch.float32)
+    runs = []
+    for fn in [memory_fast, torch.compile(memory_fast, backend="aot_eager_decomp_partition", fullgraph=True)]:
+        leaves = [t.clone().requires_grad_(True) for t in args + list(memory)]
+        y, (M, z) = fn(*leaves[:5], update, S - 1, tuple(leaves[5:]))
+        gen = torch.Generator().manual_seed(0)
+        loss = sum((t * torch.randn(t.shape, generator=gen)).sum() for t in (y, M, z))
+        runs.append([y, M, z] + list(torch.autograd.grad(loss, leaves)))
+    for a, b in zip(*runs):
+        assert rel_err(a, b) < 1e-5
 
 
 def test_local_matches_reference():
