@@ -15,7 +15,8 @@ everything; Infini-attention sees the earlier segments only through its compress
     python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --steps=300  # CPU, a few minutes
 
 --curriculum=2,4,8 trains on 2, then 4, then 8 segments, then --segments, each for an equal share of
---steps (training straight on 16 segments leaves the memory unused: see the README). The model is
+--steps, with proportionally more sequences per step (the same tokens, more answers). Training straight on
+16 segments leaves the memory unused: see the README. The model is
 model.py's, unchanged, built from the flags; the training loop is train.py's (logging, compile,
 resume, checkpoints in --out_dir). Each run appends one row to --out (default
 results/recall_<device>.json):
@@ -118,7 +119,8 @@ def get_parser():
     a("--n_filler", type=int, default=64, help="filler vocabulary")
     # training (train.py's loop)
     a("--steps", type=int, default=1500, help="optimizer steps")
-    a("--batch_size", type=int, default=32, help="sequences per step")
+    a("--batch_size", type=int, default=32, help="sequences of --segments segments per step (shorter curriculum "
+      "stages take proportionally more)")
     a("--lr", type=float, default=1e-3, help="peak LR")
     a("--min_lr", type=float, default=1e-4, help="LR at the end of the cosine")
     a("--warmup", type=int, default=100, help="linear warmup steps (capped at steps / 10)")
@@ -130,7 +132,8 @@ def get_parser():
     a("--dtype", default="bfloat16" if cuda else "float32", help="autocast dtype: bfloat16 | float32")
     a("--compile", type=int, default=0, choices=(0, 1), help="torch.compile the blocks (the curriculum's "
       "lengths each compile anew; eager is fast enough for a model this small)")
-    a("--out_dir", default="out/recall", help="log.jsonl and ckpt.pt of the run")
+    a("--out_dir", default=None, help="log.jsonl and ckpt.pt of the run (default out/recall/<the run's name>)")
+    a("--overwrite", type=int, default=0, choices=(0, 1), help="1 = start over in an out_dir that holds a checkpoint")
     a("--resume", type=int, default=0, choices=(0, 1), help="1 = continue from out_dir/ckpt.pt")
     a("--log_every", type=int, default=100, help="steps between log rows")
     a("--eval_rows", type=int, default=512, help="fixed evaluation sequences")
@@ -185,6 +188,11 @@ def main(argv=None):
     cfg = train.build_config("tiny", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                              ffn_hidden=4 * args.n_embd, vocab_size=vocab_size, segment=args.segment,
                              attn=args.attn, update=args.update, gate=args.gate)
+    name = args.name or (f"{args.attn}" + (f"-{args.update}" if args.attn == "infini" else "") +
+                         (" +curriculum" if args.curriculum else ""))
+    if args.out_dir is None:
+        slug = f"{name}-s{args.segments}x{args.segment}-p{args.n_pairs}-hd{cfg.head_dim}".replace(" +", "-")
+        args.out_dir = os.path.join("out", "recall", slug)
     # what train.train reads from its args: the recall flags plus the fixed choices below
     targs = argparse.Namespace(**vars(args), seq_len=args.segments * args.segment, grad_accum=1, halt_at=0,
                                eval_every=0, ckpt_every=args.steps)
@@ -193,8 +201,10 @@ def main(argv=None):
     model = Llama(cfg)
 
     def next_batch(step, micro):
-        x, y, _ = make_batch(np.random.default_rng([args.seed, step, micro]), args.batch_size,
-                             stage_segments(step, args), args)
+        # a curriculum stage of S segments has segments/S times the rows: the same tokens per step, and
+        # as many more answers, the only signal that teaches the memory (one per pair: ~0.1% of the tokens)
+        S = stage_segments(step, args)
+        x, y, _ = make_batch(np.random.default_rng([args.seed, step, micro]), args.batch_size * args.segments // S, S, args)
         return torch.from_numpy(x), torch.from_numpy(y)
 
     t0 = time.time()
@@ -204,8 +214,6 @@ def main(argv=None):
                 else torch.autocast(ctx.device.type, enabled=False))
     acc, by_d = accuracy(model, args, ctx.device, autocast)
     curriculum = args.curriculum or False
-    name = args.name or (f"{args.attn}" + (f"-{args.update}" if args.attn == "infini" else "") +
-                         (" +curriculum" if curriculum else ""))
     row = dict(name=name, attn=args.attn, update=args.update if args.attn == "infini" else None,
                gate=args.gate if args.attn == "infini" else None, segments=args.segments, segment=args.segment,
                head_dim=cfg.head_dim, n_pairs=args.n_pairs, curriculum=curriculum, steps=args.steps, acc=acc,

@@ -6,11 +6,13 @@
 #   python plots.py recall --json results/recall_h100.json --out results/recall_h100.png
 #
 # Defaults of recall.py: 2 layers, d 256, 4 heads (head dim 64), 16 segments of 128 tokens, 1 pair,
-# 64 values (chance 1/64), 1500 steps of 32 sequences, eager. Every variant changes one thing.
+# 64 values (chance 1/64), 1500 steps of 32 sequences (of 16 segments; curriculum stages take more, same
+# tokens), eager. Every variant changes one thing against the first two lines. Head dim 128 = d 512, 4 heads.
+# results/recall_h100_v1.json: the first sweep, whose curriculum kept 32 sequences a step at every stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RES=${RES:-results}
-PAR=${PAR:-4}
+PAR=${PAR:-6}
 STEPS=${STEPS:-1500}
 EXTRA=${EXTRA:-}                # e.g. "--device=cpu --batch_size=2 --eval_rows=4" for a dry run
 TMP=$(mktemp -d)
@@ -22,10 +24,11 @@ C="--curriculum=2,4,8"
     echo "--attn=infini --update=$u"                        # straight on 16 segments
     echo "--attn=infini --update=$u $C"                     # the length curriculum
     for p in 4 16 64; do echo "--attn=infini --update=$u $C --n_pairs=$p"; done       # capacity
-    for p in 1 16 64; do echo "--attn=infini --update=$u $C --n_pairs=$p --n_head=2"; done  # head dim 128
   done
-  for a in local full; do echo "--attn=$a"; echo "--attn=$a $C"; done
-  echo "--attn=local $C --n_pairs=16"; echo "--attn=full $C --n_pairs=16"
+  echo "--attn=infini --update=delta $C --lr=3e-3"          # a hedge on the LR
+  for p in 1 16; do echo "--attn=infini --update=delta $C --n_pairs=$p --n_embd=512"; done  # head dim 128
+  for p in 1 16; do echo "--attn=infini --update=linear $C --n_pairs=$p --n_embd=512"; done
+  echo "--attn=local"; echo "--attn=local $C"; echo "--attn=full"
 } > $TMP/variants
 n=0
 while read -r flags; do
