@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import train
+from prepare_fineweb import HelpFormatter
 from model import Llama, make_config
 
 # -----------------------------------------------------------------------------
@@ -99,7 +100,7 @@ def accuracy(model, args, device, autocast):
 
 def get_parser():
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=train._HelpFormatter, allow_abbrev=False)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
     a = p.add_argument
     # the model (model.py, unchanged)
     a("--attn", default="infini", choices=("infini", "local", "full"), help="attention")
