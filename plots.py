@@ -200,6 +200,34 @@ def plot_streaming(rows, out):
     save(fig, out)
 
 
+def plot_recall(rows, out, title="recall"):
+    """recall.py rows: accuracy against distance for every one-pair variant (a line each), and accuracy
+    against n_pairs (the memory's capacity) for the infini variants trained with the curriculum."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for r in rows:
+        if r["n_pairs"] != 1:
+            continue
+        d = [i + 1 for i, v in enumerate(r["acc_by_distance"]) if v is not None]
+        a1.plot(d, [v for v in r["acc_by_distance"] if v is not None], "o-", ms=3,
+                label=f"{r['name']} (hd {r['head_dim']}): {r['acc']:.2f}")
+    caps = {}
+    for r in rows:
+        if r["attn"] == "infini" and r["curriculum"]:
+            caps.setdefault((r["update"], r["head_dim"], r.get("lr")), []).append((r["n_pairs"], r["acc"]))
+    for (update, hd, lr), pts in sorted(caps.items(), key=lambda kv: str(kv[0])):
+        if len(pts) > 1:
+            a2.plot(*zip(*sorted(pts)), "o-", label=f"infini-{update}, head dim {hd}")
+    for ax in (a1, a2):
+        if rows:
+            ax.axhline(rows[0]["chance"], color="grey", ls=":", lw=1, label="chance")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    a1.set(xlabel="segments between the pair and its query", ylabel="accuracy", title=f"{title}: one pair, by distance")
+    a2.set(xscale="log", xlabel="pairs per sequence (n_pairs)", ylabel="accuracy", title=f"{title}: capacity (curriculum)")
+    save(fig, out)
+
+
 def save(fig, out):
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=130)
@@ -230,6 +258,9 @@ def get_parser():
     s.add_argument("--labels", nargs="+", help="one name per result (default: the file's folder)")
     s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"], help="which score to plot")
     s.add_argument("--out", default="passkey.png", help="PNG to write")
+    s = sub.add_parser("recall", help="recall.py: accuracy vs distance and vs number of pairs", **kw)
+    s.add_argument("--json", required=True, help="recall.py's JSON list of rows")
+    s.add_argument("--out", default="recall.png", help="PNG to write")
     s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length", **kw)
     s.add_argument("--json", required=True, help="bench.py's streaming JSON")
     s.add_argument("--out", default="streaming.png", help="PNG to write")
@@ -257,6 +288,14 @@ def main(argv=None):
         plot_loss([read_log(x) for x in args.logs], labels_for(args.logs), args.out)
     elif args.cmd == "passkey":
         plot_passkey([read_json(x) for x in args.json], labels_for(args.json), args.out, args.metric)
+    elif args.cmd == "recall":
+        try:
+            with open(args.json) as f:
+                rows = json.load(f)
+            assert isinstance(rows, list) and all({"name", "attn", "n_pairs", "acc", "acc_by_distance"} <= r.keys() for r in rows)
+        except (OSError, ValueError, AssertionError, AttributeError) as e:
+            raise SystemExit(f"error: {args.json} is not a recall.py result ({type(e).__name__})")
+        plot_recall(rows, args.out, os.path.basename(args.json))
     elif args.cmd == "streaming":
         try:
             with open(args.json) as f:

@@ -54,3 +54,6 @@ def test_memory_recalls_across_a_segment_boundary_local_cannot(tmp_path):
     assert [r["attn"] for r in rows] == ["infini", "local"]                # appended, nothing overwritten
     assert {"attn", "update", "gate", "segments", "segment", "head_dim", "n_pairs", "curriculum", "steps", "acc",
             "acc_by_distance", "chance"} <= rows[0].keys() and len(rows[0]["acc_by_distance"]) == 1
+    import plots
+    plots.main(["recall", "--json", str(tmp_path / "recall.json"), "--out", str(tmp_path / "recall.png")])
+    assert (tmp_path / "recall.png").stat().st_size > 10_000
