@@ -11,8 +11,8 @@ step, bf16 autocast, compiled per block (model.compile_model), the same global b
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
-Infini variants name the memory path: "infini-linear-fast" (memory_fast, the default) or
-"infini-linear-plain" (compressive_memory, the spec); "infini-linear" means fast. check and stream run both.
+Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default)
+or "infini-linear-fast" (memory_fast); "infini-linear" means plain. check and stream run both.
 """
 import argparse
 import json
@@ -87,7 +87,7 @@ def train_throughput(args):
     for T in args.Ts:
         for variant in args.variants:
             attn, update, memory = (variant.split("-") + [None, None])[:3]
-            memory = (memory or "fast") if attn == "infini" else None
+            memory = (memory or "plain") if attn == "infini" else None
             torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
             torch.manual_seed(0)
             cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,

@@ -68,9 +68,9 @@ def finetune_config(saved, args, path):
             raise SystemExit(f"error: --attn={args.attn} differs from {path}'s {cfg['attn']!r}; fine-tuning can only "
                              "add the memory (--attn=infini on a local or full checkpoint), not remove it")
         cfg["attn"] = "infini"
-    for k in ("segment", "update", "gate"):
+    for k in ("segment", "update", "gate", "fast_memory"):
         if getattr(args, k) is not None:
-            cfg[k] = getattr(args, k)
+            cfg[k] = bool(args.fast_memory) if k == "fast_memory" else getattr(args, k)
     try:
         return LlamaConfig(**cfg)
     except (ValueError, TypeError) as e:

@@ -33,7 +33,7 @@ class LlamaConfig:
     attn: str = "infini"         # "infini" (memory + local) | "local" (segments, no memory) | "full"
     update: str = "delta"        # memory update rule: "delta" (eq. 9, P1's choice) | "linear" (eq. 8)
     gate: str = "hard_sigmoid"   # "hard_sigmoid" (P1: clamp(0.2b+0.5, 0, 1)) | "sigmoid" (P2)
-    fast_memory: bool = True     # infini: the recomputing memory path (memory_fast); False = compressive_memory, the spec
+    fast_memory: bool = False    # infini: True = memory_fast (recomputes instead of saving: less memory, a bit slower)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 

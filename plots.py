@@ -213,10 +213,10 @@ def plot_recall(rows, out, title="recall"):
     caps = {}
     for r in rows:
         if r["attn"] == "infini" and r["curriculum"]:
-            caps.setdefault((r["update"], r["head_dim"], r.get("lr")), []).append((r["n_pairs"], r["acc"]))
-    for (update, hd, lr), pts in sorted(caps.items(), key=lambda kv: str(kv[0])):
+            caps.setdefault((r["name"], r["head_dim"], r.get("lr")), []).append((r["n_pairs"], r["acc"]))
+    for (name, hd, lr), pts in sorted(caps.items(), key=lambda kv: str(kv[0])):
         if len(pts) > 1:
-            a2.plot(*zip(*sorted(pts)), "o-", label=f"infini-{update}, head dim {hd}")
+            a2.plot(*zip(*sorted(pts)), "o-", label=f"{name}, head dim {hd}")
     for ax in (a1, a2):
         if rows:
             ax.axhline(rows[0]["chance"], color="grey", ls=":", lw=1, label="chance")
@@ -259,7 +259,8 @@ def get_parser():
     s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"], help="which score to plot")
     s.add_argument("--out", default="passkey.png", help="PNG to write")
     s = sub.add_parser("recall", help="recall.py: accuracy vs distance and vs number of pairs", **kw)
-    s.add_argument("--json", required=True, help="recall.py's JSON list of rows")
+    s.add_argument("--json", nargs="+", required=True, help="recall.py's JSON lists of rows (rows of the second "
+                   "file on are labelled with its name)")
     s.add_argument("--out", default="recall.png", help="PNG to write")
     s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length", **kw)
     s.add_argument("--json", required=True, help="bench.py's streaming JSON")
@@ -289,13 +290,18 @@ def main(argv=None):
     elif args.cmd == "passkey":
         plot_passkey([read_json(x) for x in args.json], labels_for(args.json), args.out, args.metric)
     elif args.cmd == "recall":
-        try:
-            with open(args.json) as f:
-                rows = json.load(f)
-            assert isinstance(rows, list) and all({"name", "attn", "n_pairs", "acc", "acc_by_distance"} <= r.keys() for r in rows)
-        except (OSError, ValueError, AssertionError, AttributeError) as e:
-            raise SystemExit(f"error: {args.json} is not a recall.py result ({type(e).__name__})")
-        plot_recall(rows, args.out, os.path.basename(args.json))
+        rows = []
+        for i, path in enumerate(args.json):
+            try:
+                with open(path) as f:
+                    part = json.load(f)
+                assert isinstance(part, list) and all({"name", "attn", "n_pairs", "acc", "acc_by_distance"} <= r.keys()
+                                                      for r in part)
+            except (OSError, ValueError, AssertionError, AttributeError) as e:
+                raise SystemExit(f"error: {path} is not a recall.py result ({type(e).__name__})")
+            tag = f" [{os.path.splitext(os.path.basename(path))[0]}]" if i else ""
+            rows += [dict(r, name=r["name"] + tag) for r in part]
+        plot_recall(rows, args.out, os.path.basename(args.json[0]))
     elif args.cmd == "streaming":
         try:
             with open(args.json) as f:
