@@ -17,7 +17,12 @@ are never trained on). --loss_on=all (default) is next-token loss on the whole p
 nanotron's fine-tuning does; --loss_on=answer trains on the answer tokens " {k}." only. Every row is a
 function of (seed, its index), so resume is exact. val_loss is the loss on the answer tokens of fixed
 held-out samples with evaluation keys (--eval_tokens of them). The model's architecture comes from
-the checkpoint; only --segment, --update and --gate may be changed.
+the checkpoint; only --segment, --update, --gate and --fast_memory may be changed, and --attn=infini adds
+the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
+--pack=0 puts one sample of exactly the row's length in each row instead (the memory then holds one key);
+--curriculum=1024,2048 trains on rows of 1024, then 2048, then --seq_len tokens, in equal shares of the
+steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same). What
+these do to passkey accuracy is in the README ("Does the memory remember?").
 """
 import os
 
