@@ -309,7 +309,7 @@ def test_memory_precision_is_what_the_readme_says():
     assert M.dtype == z.dtype == a_mem.dtype == torch.float32
     dM = (sk.transpose(-1, -2) @ v).float()                           # bf16 results, cast up
     assert torch.equal(M, dM[:, 0] + dM[:, 1])
-    norm = (sq[:, 1].float() * z.new_tensor(sk[:, 0].float().sum(2))[:, :, None]).sum(-1, keepdim=True)
+    norm = (sq[:, 1].float() * sk[:, 0].float().sum(2)[:, :, None]).sum(-1, keepdim=True)
     assert torch.equal(a_mem[:, 1], (sq[:, 1] @ dM[:, 0].bfloat16()).float() / norm.clamp_min(1e-6))
     readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")).read()
     assert "operands that accumulate in fp32" not in readme and "rounded to bf16 before it is cast to fp32" in readme
