@@ -57,3 +57,16 @@ def test_memory_recalls_across_a_segment_boundary_local_cannot(tmp_path):
     import plots
     plots.main(["recall", "--json", str(tmp_path / "recall.json"), "--out", str(tmp_path / "recall.png")])
     assert (tmp_path / "recall.png").stat().st_size > 10_000
+
+
+def test_bad_input_one_line():
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.abspath(__file__))
+    for flags, expect in [(["--segments=1"], "must be >= 2"), (["--curriculum=2,x"], "comma list"),
+                          (["--n_pairs=65", "--segment=128"], "--n_pairs (65) must fit"),
+                          (["--n_head=3"], "divisible"), (["--step=10"], "unrecognized arguments")]:
+        r = subprocess.run([sys.executable, os.path.join(repo, "recall.py"), "--device=cpu", *flags], cwd=repo,
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert r.returncode != 0 and "Traceback" not in r.stderr and expect in r.stderr, (flags, r.stderr)
