@@ -50,4 +50,4 @@ for r in rows:
     print(f"{r['name']:<28} pairs {r['n_pairs']:>2} hd {r['head_dim']:>3} acc {r['acc']:.3f} "
           f"near {fmt(r['acc_by_distance'][0])} far {fmt(r['acc_by_distance'][-1])} {r['seconds']:>5}s")
 EOF
-for i in $(seq 1 $n); do echo "== run $i: $(sed -n ${i}p $TMP/variants)"; cat $TMP/log$i.txt; done > "$RES/recall_${gpu}_log.txt"
+for i in $(seq 1 $n); do echo "== run $i: $(sed -n ${i}p $TMP/variants)"; cat $TMP/log$i.txt 2>/dev/null || echo "(not run: time limit)"; done > "$RES/recall_${gpu}_log.txt"
