@@ -3,6 +3,8 @@
 # four at a time (each is a 2-layer model, launch-bound: the GPU has room for several).
 #
 #   RES=$OUT bash results/recall_sweep.sh          # device call: writes $RES/recall_<gpu>.json + log
+#   ONLY='linear|n_embd' RES=$OUT bash results/recall_sweep.sh   # a subset (the whole list took ~15 min at
+#                                                  # 6 at a time on an H100: ~4.7 min a variant; split it)
 #   python plots.py recall --json results/recall_h100.json --out results/recall_h100.png
 #
 # Defaults of recall.py: 2 layers, d 256, 4 heads (head dim 64), 16 segments of 128 tokens, 1 pair,
@@ -29,7 +31,7 @@ C="--curriculum=2,4,8"
   for p in 1 16; do echo "--attn=infini --update=delta $C --n_pairs=$p --n_embd=512"; done  # head dim 128
   for p in 1 16; do echo "--attn=infini --update=linear $C --n_pairs=$p --n_embd=512"; done
   echo "--attn=local"; echo "--attn=local $C"; echo "--attn=full"
-} > $TMP/variants
+} | grep -E -- "${ONLY:-.}" > $TMP/variants    # ONLY=regex: a subset of the variants
 n=0
 while read -r flags; do
   n=$((n + 1))
