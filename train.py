@@ -10,7 +10,7 @@ Several GPUs of one node: the same global batch, --grad_accum is split across th
 The baselines. P1 trained its baseline at lr 1.2e-4 (at 6e-5 it failed to train), so pass it:
     python train.py --attn=local --lr=1.2e-4 --min_lr=1.2e-5 --out_dir=out/local
     python train.py --attn=full  --lr=1.2e-4 --min_lr=1.2e-5 --out_dir=out/full
-On a laptop (CPU; ~2 minutes on 2 cores; validation loss 10.84 -> 6.77 on the Wikipedia + Gutenberg shards):
+On a laptop (CPU; 2-4 minutes on 2 cores; validation loss 10.84 -> ~7 on the Wikipedia + Gutenberg shards):
     python train.py --model=tiny --device=cpu --seq_len=256 --segment=64 --batch_size=2 --steps=200 --lr=3e-3 --min_lr=3e-4 --warmup=20 --eval_tokens=16384 --data_dir=data/local --out_dir=out/laptop
 Resume after a crash or a job time limit: the same command plus --resume=1 (exact: the data order is a
 function of (seed, step)). --halt_at=N stops cleanly after N steps, to split a run across jobs. Ctrl-C or
