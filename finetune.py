@@ -181,10 +181,7 @@ def main(argv=None):
     train.check_args(args)
     if not 100 <= args.min_len <= args.seq_len:  # the passkey template alone is ~70 tokens
         raise SystemExit(f"error: --min_len must be in [100, --seq_len ({args.seq_len})]")
-    try:
-        stages = [int(v) for v in args.curriculum.split(",") if v.strip()] + [args.seq_len]
-    except ValueError:
-        raise SystemExit(f"error: --curriculum must be a comma list of row lengths, got {args.curriculum!r}")
+    stages = train.parse_curriculum(args.curriculum, args.seq_len, "row lengths")
     shortest = args.min_len if args.pack else 100
     if any(not shortest <= L <= args.seq_len or (cfg.attn != "full" and L % cfg.segment) for L in stages):
         raise SystemExit(f"error: every --curriculum length must be in [{shortest}, --seq_len ({args.seq_len})]"
@@ -212,7 +209,7 @@ def main(argv=None):
 
     def next_batch(step, micro):
         # the curriculum's stage for this step; shorter rows, more of them: the tokens per step stay fixed
-        L = stages[min(len(stages) - 1, step * len(stages) // args.steps)]
+        L = train.curriculum_stage(stages, step, args.steps)
         rows = [[args.seed, step, micro, r] for r in range(max(1, args.batch_size * args.seq_len // L))]
         return make_batch(rows, L, sample, args.loss_on, args.min_len, args.pack)
 

@@ -110,6 +110,12 @@ def sigma(x):
     """The memory's nonlinearity: ELU + 1 (P2 sec. 2.1.2), positive so the normaliser is positive."""
     return F.elu(x) + 1.0
 
+
+def _sig(t):
+    """sigma evaluated in fp32 (at least), returned in fp32 and in t's dtype (the memory's matmul operand)."""
+    s = sigma(t.to(torch.promote_types(t.dtype, torch.float32)))
+    return s, s.to(t.dtype)
+
 # -----------------------------------------------------------------------------
 # the compressive memory (P2 eqs. 7-9), all segments of a sequence at once
 
@@ -169,12 +175,6 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
 # sigma(Q), sigma(K) and an fp32 (B, S, H, N, D) retrieval per layer and runs several elementwise passes
 # over them; here the per-token work is recomputed from q and k (alive anyway: views of the qkv
 # projection), so only per-segment D x D states are saved, and the delta scan runs one matmul per step.
-
-def _sig(t):
-    """sigma in fp32 (at least), returned in fp32 and in t's dtype (the matmul operand)."""
-    s = sigma(t.to(torch.promote_types(t.dtype, torch.float32)))
-    return s, s.to(t.dtype)
-
 
 class _ReadAndMix(torch.autograd.Function):
     """Eqs. 7 + 10: y = g sigma(q) M_{s-1} / (sigma(q) z_{s-1}) + (1 - g) y_dot, in one function.
@@ -340,9 +340,8 @@ class Attention(nn.Module):
                     y, new_memory = memory_fast(
                         per_head(q), per_head(k), per_head(v), y, g, self.cfg.update, n_full, memory)
                 else:
-                    sig = lambda t: sigma(t.to(torch.promote_types(t.dtype, torch.float32))).to(t.dtype)
                     a_mem, new_memory = compressive_memory(
-                        sig(per_head(q)), sig(per_head(k)), per_head(v), self.cfg.update, n_full, memory)
+                        _sig(per_head(q))[1], _sig(per_head(k))[1], per_head(v), self.cfg.update, n_full, memory)
                     y = (g * a_mem + (1.0 - g) * y.to(a_mem.dtype)).to(y.dtype)   # eq. 10
 
         y = y.transpose(2, 3).reshape(B, S * N, C)[:, :T]                  # (B, S, N, H, D) -> (B, T, C)

@@ -290,8 +290,8 @@ def check_args(args, enc):
         if not fits(L):
             need = next(n for n in range(L, L + 10_000) if fits(n))
             raise SystemExit(f"error: --lengths {L} is too short for the passkey template (at least {need} tokens)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device={args.device} but this torch sees no CUDA GPU; pass --device=cpu")
+    from train import check_device
+    check_device(args.device)
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         raise SystemExit(f"error: the folder of --out ({folder}) does not exist")

@@ -74,8 +74,7 @@ def make_batch(rng, rows, segments, args):
 
 def stage_segments(step, args):
     """Segments per sequence at this step: the curriculum's stages in equal shares, then --segments."""
-    stages = args.curriculum + [args.segments]
-    return stages[min(len(stages) - 1, step * len(stages) // args.steps)]
+    return train.curriculum_stage(args.curriculum + [args.segments], step, args.steps)
 
 
 @torch.no_grad()
@@ -125,7 +124,7 @@ def get_parser():
       "stages take proportionally more)")
     a("--lr", type=float, default=1e-3, help="peak LR")
     a("--min_lr", type=float, default=1e-4, help="LR at the end of the cosine")
-    a("--warmup", type=int, default=100, help="linear warmup steps (capped at steps / 10)")
+    a("--warmup", type=int, default=100, help="linear warmup steps (at most a quarter of --steps)")
     a("--beta_lr", type=float, default=0.01, help="LR of the gate parameters (P1)")
     a("--weight_decay", type=float, default=0.1, help="AdamW weight decay of the >= 2-D weights")
     a("--grad_clip", type=float, default=1.0, help="max global grad norm (0 = off)")
@@ -145,10 +144,7 @@ def get_parser():
 
 
 def check_args(args):
-    try:
-        args.curriculum = [int(s) for s in args.curriculum.split(",") if s.strip()]
-    except ValueError:
-        raise SystemExit(f"error: --curriculum must be a comma list of segment counts, got {args.curriculum!r}")
+    args.curriculum = train.parse_curriculum(args.curriculum, args.segments, "segment counts")[:-1]
     if args.segments < 2 or any(not 2 <= c <= args.segments for c in args.curriculum):
         raise SystemExit("error: --segments and every --curriculum stage must be >= 2 (the last segment asks, "
                          "the earlier ones hold the pairs) and stages <= --segments")
@@ -159,9 +155,7 @@ def check_args(args):
         raise SystemExit(f"error: --n_pairs ({args.n_pairs}) must fit: at most --n_keys ({args.n_keys}), "
                          f"--segment/2 ({args.segment // 2}) queries in the last segment, and the slots of "
                          f"{smallest - 1} earlier segment(s)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("error: --device=cuda but CUDA is not available; pass --device=cpu")
-    args.warmup = min(args.warmup, args.steps // 10)
+    train.check_device(args.device)
 
 
 def append_row(path, row):
@@ -183,8 +177,8 @@ def append_row(path, row):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     check_args(args)
-    device_name = (torch.cuda.get_device_name().split()[1].lower() if args.device.startswith("cuda")
-                   and len(torch.cuda.get_device_name().split()) > 1 else "cpu")
+    device_name = (next((k.lower() for k in train.PEAK_FLOPS if k in torch.cuda.get_device_name()), "gpu")
+                   if args.device.startswith("cuda") else "cpu")
     out = args.out or os.path.join("results", f"recall_{device_name}.json")
     _, _, _, vocab_size = vocab(args)
     cfg = train.build_config("tiny", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,

@@ -141,8 +141,13 @@ def check_args(args):
         raise SystemExit(f"error: --dtype must be bfloat16 or float32, got {args.dtype!r}")
     if not 0 < args.min_lr <= args.lr:
         raise SystemExit(f"error: --min_lr ({args.min_lr}) must be in (0, --lr ({args.lr})]")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device={args.device} but this torch sees no CUDA GPU; pass --device=cpu")
+    check_device(args.device)
+
+
+def check_device(device):
+    """One line instead of a CUDA traceback deep inside the first .to(device) (every script calls this)."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device={device} but this torch sees no CUDA GPU; pass --device=cpu")
 
 
 def check_out_dir(args):
@@ -281,6 +286,20 @@ def lr_multiplier(step, warmup, total, min_ratio):
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + 0.5 * (1.0 - min_ratio) * (1.0 + math.cos(math.pi * progress))
+
+
+def parse_curriculum(spec, final, what):
+    """'a,b' -> [a, b, final]: the stages of a length curriculum (recall.py: segments per sequence,
+    finetune.py: tokens per row), each trained for an equal share of the steps by curriculum_stage."""
+    try:
+        return [int(v) for v in spec.split(",") if v.strip()] + [final]
+    except ValueError:
+        raise SystemExit(f"error: --curriculum must be a comma list of {what}, got {spec!r}")
+
+
+def curriculum_stage(stages, step, steps):
+    """The stage in force at this step: equal shares of the steps, in order."""
+    return stages[min(len(stages) - 1, step * len(stages) // steps)]
 
 
 # dense bf16 tensor-core peak per GPU (no sparsity); unknown GPUs and CPUs get no MFU
@@ -540,7 +559,6 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     check_args(args)
-    check_out_dir(args)  # before loading data (train() checks again, for finetune.py)
     if args.model == "300m" and args.device == "cpu":
         print("warning: the 300m preset on the CPU takes minutes per step and logs nothing for a long while; "
               "for a quick CPU run use the laptop line of --help (--model=tiny)", file=sys.stderr, flush=True)
