@@ -10,7 +10,7 @@ Loss and accuracy are on those answers only; everything else is noise the memory
 Local attention sees only the last segment, so it is at chance (1 / --n_values); full attention sees
 everything; Infini-attention sees the earlier segments only through its compressive memory.
 
-    python recall.py --attn=infini --update=delta --segments=16 --curriculum=2,4,8   # 1.5-5 min on an H100
+    python recall.py --attn=infini --update=delta --segments=16 --curriculum=2,4,8   # 1-5 min on an H100, 4-6 runs sharing it
     python recall.py --attn=local --segments=16                                     # the baseline: chance
     python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --n_head=2 --n_values=16 --steps=250 --lr=3e-3
                                                       # CPU, ~30 s on 2 cores: one boundary (test_recall.py)
