@@ -22,7 +22,9 @@ the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
 --pack=0 puts one sample of exactly the row's length in each row instead (the memory then holds one key);
 --curriculum=1024,2048 trains on rows of 1024, then 2048, then --seq_len tokens, in equal shares of the
 steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same). What
-these do to passkey accuracy is in the README ("Does the memory remember?").
+--needle=memory (with --pack=0) puts every needle in a segment before the question's, where local attention
+cannot see it: every answer then needs the memory. What these do to passkey accuracy is in the README
+("Does the memory remember?").
 """
 import os
 
@@ -49,6 +51,8 @@ def get_parser():
     a("--pack", type=int, default=1, choices=(0, 1), help="1: pack samples of random lengths into each row, "
       "the memory carried across them (nanotron); 0: one sample per row, exactly the row's length, so the "
       "memory holds one key")
+    a("--needle", default="any", choices=("any", "memory"), help="any: the needle at a uniform depth (P2); "
+      "memory: in a segment before the question's (needs --pack=0), so every answer has to come from the memory")
     a("--curriculum", default="", help="comma list of row lengths trained before --seq_len, each for an equal "
       "share of --steps, rows per micro-batch scaled to keep the tokens per step (e.g. 1024,2048); empty = none")
     a("--parquet", default=None, help="train on rows (prompt, answer) of this parquet file instead of generating")
@@ -84,18 +88,27 @@ def finetune_config(saved, args, path):
 # -----------------------------------------------------------------------------
 # samples and packing
 
-def needle_sampler(enc, eval_keys=False, filler_shards=None):
+def needle_sampler(enc, eval_keys=False, filler_shards=None, past_segment=None):
     """sample(rng, room, first, lo, hi) -> (ids, answer_start) of at most room - 1 tokens (room for the
-    <|endoftext|>), or None when not even lo tokens fit. Lengths are uniform in [lo, hi], cut to the room left."""
+    <|endoftext|>), or None when not even lo tokens fit. Lengths are uniform in [lo, hi], cut to the room left.
+    past_segment=N: the needle (both copies of the key) lies before the sample's last N tokens, i.e. in an
+    earlier segment than the question when the sample starts on a segment boundary (--pack=0): only the
+    memory can carry it to the answer. Depths are drawn uniformly and redrawn until that holds."""
     def sample(rng, room, first, lo, hi):
         if room - 1 < lo:
             return None
         length = min(int(rng.integers(lo, hi + 1)), room - 1)
         key = passkey.random_key(rng, eval=eval_keys)
-        kw = dict(filler="p2")
-        if filler_shards:
-            kw = dict(filler="tokens", filler_ids=filler_shards[int(rng.integers(len(filler_shards)))], rng=rng)
-        return passkey.make_sample(enc, length, float(rng.random()), key, **kw)
+        last_key_token = enc.encode(f" {key}")[-1]
+        for _ in range(1000):
+            kw = dict(filler="p2")
+            if filler_shards:
+                kw = dict(filler="tokens", filler_ids=filler_shards[int(rng.integers(len(filler_shards)))], rng=rng)
+            ids, a = passkey.make_sample(enc, length, float(rng.random()), key, **kw)
+            # the key's last token anywhere in the prompt (real-text filler may hold it too: then redraw)
+            if past_segment is None or np.flatnonzero(np.asarray(ids[:a]) == last_key_token).max() < length - past_segment:
+                return ids, a
+        raise SystemExit(f"error: found no needle position before the last {past_segment} tokens of a {length}-token sample")
     return sample
 
 
@@ -186,6 +199,15 @@ def main(argv=None):
     if any(not shortest <= L <= args.seq_len or (cfg.attn != "full" and L % cfg.segment) for L in stages):
         raise SystemExit(f"error: every --curriculum length must be in [{shortest}, --seq_len ({args.seq_len})]"
                          + (f" and a multiple of the segment ({cfg.segment})" if cfg.attn != "full" else ""))
+    past = None
+    if args.needle == "memory":
+        if args.pack or args.parquet or args.hf_dataset:
+            raise SystemExit("error: --needle=memory needs --pack=0 and the built-in generator: it places the needle "
+                             "in a row of whole segments (a full-attention model: of its --segment, the same data)")
+        if any(L < 2 * cfg.segment for L in stages):
+            raise SystemExit(f"error: --needle=memory needs rows of at least 2 segments ({2 * cfg.segment} tokens): "
+                             "check --seq_len and --curriculum")
+        past = cfg.segment
     enc = gpt2_encoding()
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")
@@ -200,9 +222,10 @@ def main(argv=None):
                 raise SystemExit(f"error: --filler=shards needs token shards in --data_dir ({args.data_dir}); "
                                  "run prepare_fineweb.py or pass --data_dir")
             shards = [load_shard(p) for p in paths]
-        sample = needle_sampler(enc, filler_shards=shards)
-    # held-out samples: evaluation keys, loss on the answers only, always the same rows
-    val_sample = needle_sampler(enc, eval_keys=True, filler_shards=shards)  # the same haystack as training
+        sample = needle_sampler(enc, filler_shards=shards, past_segment=past)
+    # held-out samples: evaluation keys, loss on the answers only, always the same rows, the same haystack
+    # and needle placement as training (--needle=memory: val_loss is then the loss of retrieval from memory)
+    val_sample = needle_sampler(enc, eval_keys=True, filler_shards=shards, past_segment=past)
     n_val = max(1, args.eval_tokens // args.seq_len)
     if n_val >= args.batch_size * ctx_world:  # whole batches on every rank: compiled blocks see one shape
         n_val -= n_val % (args.batch_size * ctx_world)

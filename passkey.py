@@ -224,7 +224,9 @@ def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=N
                     out = None if oom else decode([prompts[i] for i in rows])
                     oom = out is None
                     for i, o in zip(rows, out or []):
-                        text = enc.decode(o)
+                        # ids past the tokenizer's (the embedding table is padded to a multiple of 64) have
+                        # no text: a barely trained model may still emit them
+                        text = enc.decode([t for t in o if t < enc.n_vocab])
                         ok, ex = score(text, cell[i]["key"])
                         cell[i].update(generated=text, correct=ok, exact=ex)
                     bar.update(len(rows))

@@ -489,6 +489,18 @@ def test_finetune_packing(monkeypatch):
         key = re.findall(r"The pass key is (\d+)\. Remember it", text)
         assert len(key) == 1 and "<|endoftext|>" not in text and text.endswith(f"The pass key is {key[0]}.")
         assert enc.decode([t for t in y1[r].tolist() if t >= 0]) == f" {key[0]}."
+    # --needle=memory: the needle (both copies of the key) before the last segment (here 128 tokens); uniform
+    # depths put it there in only ~65% of 512-token rows, so 16 rows all passing cannot be luck
+    early = finetune.needle_sampler(enc, past_segment=128)
+    xm, ym = finetune.make_batch(rows(*range(16)), 512, early, "answer", 100, pack=False)
+    ends = []
+    for r in range(16):
+        key = enc.decode([t for t in ym[r].tolist() if t >= 0])[:-1]      # " {k}"
+        kid = enc.encode(key)
+        at = [i for i in range(512 - len(kid)) if xm[r, i:i + len(kid)].tolist() == kid]
+        assert len(at) == 3 and at[2] > 512 - 128 > at[1] + len(kid) - 1    # 2 in the needle, 1 in the answer
+        ends.append(at[1])
+    assert max(ends) > 512 - 128 - 60 and min(ends) < 150   # spread over the whole earlier part, not pinned
 
 
 @needs_tokenizer
@@ -501,7 +513,7 @@ def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_p
     make_batch = finetune.make_batch
     monkeypatch.setattr(finetune, "make_batch", lambda rows, L, *a: seen.append((len(rows), L)) or make_batch(rows, L, *a))
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    extra = ("--curriculum=128", "--pack=0", "--steps=4", "--min_len=128")
+    extra = ("--curriculum=128", "--pack=0", "--steps=4", "--min_len=128", "--needle=memory")
     finetune.main(ft_args(init, full, *extra))
     assert seen[:8] == [(4, 128)] * 4 + [(2, 256)] * 4  # 2 micro-batches a step; rows x length = 512 tokens
     finetune.main(ft_args(init, split, *extra, "--halt_at=1"))
@@ -535,6 +547,8 @@ def test_finetune_bad_input_one_line(pretrained, tmp_path):
     init, _ = pretrained
     for extra, expect in [(["--attn=local"], "can only add the memory"),
                           (["--curriculum=100"], "every --curriculum length"),
+                          (["--needle=memory"], "--needle=memory needs --pack=0"),
+                          (["--needle=memory", "--pack=0", "--segment=256"], "at least 2 segments"),
                           (["--init=" + str(tmp_path / "none.pt")], "none.pt does not exist"),
                           (["--parquet=" + str(tmp_path / "none.parquet")], "cannot read columns")]:
         r = run("finetune.py", *ft_args(init, str(tmp_path / "o"), *extra))
