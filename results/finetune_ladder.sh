@@ -6,8 +6,8 @@
 #
 # writes $RES/finetune_NAME.jsonl and $RES/passkey_NAME_finetuned.json. INIT is infini | local | full
 # ($RUNS/INIT/ckpt.pt). The base recipe is reproduce_small.sh's evaluate stage (300 steps of 16 x 4096
-# tokens, packed rows, loss on every token, lr 7.5e-4, beta lr 1.5e-4), run eager (--compile=0: the
-# curriculum changes the row shape, and eager costs little at this size). The device calls made:
+# tokens, packed rows, loss on every token, lr 7.5e-4, beta lr 1.5e-4), run eager unless COMPILE=1 (a curriculum
+# changes the row shape, so each stage compiles anew; eager runs the small model at ~240K tok/s, compiled ~700K). The device calls made:
 #   WHICH="infini local" RES=$OUT bash results/reproduce_small.sh pretrain
 #   WHICH=full RES=$OUT bash results/reproduce_small.sh pretrain
 #   bash results/finetune_ladder.sh infini_rows infini --pack=0
@@ -29,7 +29,7 @@ t0=$(date +%s)
 python finetune.py --init=$RUNS/$INIT/ckpt.pt --out_dir=$RUNS/ft_$NAME --steps=300 --seq_len=4096 \
   --batch_size=4 --grad_accum=4 --lr=7.5e-4 --min_lr=7.5e-5 --warmup=30 --beta_lr=1.5e-4 --filler=p2 \
   --data_dir=.carry/data --eval_every=100 --ckpt_every=300 --log_every=25 --device=${DEVICE:-cuda} --dtype=${DTYPE:-bfloat16} \
-  --compile=0 "$@" > $RUNS/finetune_$NAME.txt 2>&1 || { tail -20 $RUNS/finetune_$NAME.txt; exit 1; }
+  --compile=${COMPILE:-0} "$@" > $RUNS/finetune_$NAME.txt 2>&1 || { tail -20 $RUNS/finetune_$NAME.txt; exit 1; }
 grep -E "val_loss|step +299" $RUNS/finetune_$NAME.txt | tr '\n' ' '; echo
 cp $RUNS/ft_$NAME/log.jsonl $RES/finetune_$NAME.jsonl
 python passkey.py --ckpt=$RUNS/ft_$NAME/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 --samples $SAMPLES \

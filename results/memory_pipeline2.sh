@@ -24,15 +24,17 @@ rm -rf $P/repo && cp -r "$SRC" $P/repo && cd $P/repo   # a snapshot: later devic
 export RUNS=$P/runs PYTHONUNBUFFERED=1
 [ -d .carry/tiktoken_cache ] && export TIKTOKEN_CACHE_DIR=$PWD/.carry/tiktoken_cache
 EXTRA=${EXTRA:-}   # appended to every fine-tune's flags (dry runs)
+# a subset, for a later device call: PRETRAIN="infini" RUNGS='x16|lr' FINALS=0 RECALL=0 COMPILE=1
+PRETRAIN=${PRETRAIN:-infini local full}; RUNGS=${RUNGS:-.}; FINALS=${FINALS:-1}; RECALL=${RECALL:-1}
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 
 # alongside, on the same GPU: the recall rows the first sweep's device time did not reach (v2 curriculum):
 # linear at 4/16/64 pairs, head dim 128, and local with the curriculum
-[ -z "$EXTRA" ] && ( ONLY='update=linear --curriculum=2,4,8 --n_pairs|n_embd|local --curriculum' RES=$P/res/recall \
+[ -z "$EXTRA" ] && [ $RECALL = 1 ] && ( ONLY='update=linear --curriculum=2,4,8 --n_pairs|n_embd|local --curriculum' RES=$P/res/recall \
   PAR=4 LIMIT=1300 bash results/recall_sweep.sh > $P/recall.txt 2>&1; say "recall: $(grep -c acc $P/recall.txt) rows" ) &
 
-say "pretrain infini, local, full"
-for a in infini local full; do
+say "pretrain $PRETRAIN"
+for a in $PRETRAIN; do
   WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 || say "pretrain $a FAILED" &
   pids="${pids:-} $!"
 done
@@ -47,9 +49,13 @@ declare -A RUNG=(
   [infini_mem_answer]="$M --loss_on=answer"
   [infini_mem_gates]="$M --gate=sigmoid --beta_lr=1e-2"     # gates that can leave saturation
   [infini_mem_curric]="--pack=0 --needle=memory --seq_len=8192 --batch_size=2 --curriculum=2048,4096"
+  # the second call (the first's x4 moved val_loss most): more answers a step again, or a higher LR
+  [infini_mem_x16]="$M --grad_accum=64"                     # 256 answers a step, as many as recall.py's
+  [infini_mem_x4_lr3e-3]="$M --grad_accum=16 --lr=3e-3 --min_lr=3e-4"
 )
 pids=
 for name in "${!RUNG[@]}"; do
+  [[ $name =~ $RUNGS ]] || continue
   ( RES=$P/res/ladder2 LENGTHS="2048 4096 16384" bash results/finetune_ladder.sh $name infini ${RUNG[$name]} $EXTRA \
       > $P/rung_$name.txt 2>&1 && say "rung $name: $(tail -1 $P/rung_$name.txt)" || say "rung $name FAILED" ) &
   pids="$pids $!"
@@ -75,6 +81,7 @@ print(best)
 EOF
 )
 flags=${RUNG[$best]}
+[ $FINALS = 1 ] || { say "done (no finals)"; exit 0; }
 say "best rung: $best ($flags)"
 python passkey.py --ckpt=$RUNS/ft_$best/ckpt.pt --lengths 1024 2048 4096 8192 16384 32768 --depths 0 25 50 75 100 \
   --samples ${SAMPLES:-20} --seed 0 --batch_size ${SAMPLES:-20} --device=${DEVICE:-cuda} --out $P/res/passkey_infini_finetuned.json > $P/passkey_best.txt 2>&1 \
