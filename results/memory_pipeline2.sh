@@ -2,17 +2,26 @@
 # The second fine-tuning study of the README ("Does the memory remember?"), as one unattended run on one
 # GPU. The first (memory_pipeline.sh) left infini at 0 % whenever the needle was outside the last segment;
 # recall.py showed that the memory is learnt when many answers a step *need* it. So every rung here but the
-# control puts the needle in a segment before the question's (finetune.py --needle=memory), and the rungs
-# run side by side (the small model leaves most of an H100 idle in eager mode):
+# control puts the needle in a segment before the question's (finetune.py --needle=memory). The rungs run
+# side by side in one machine hold (measured: six eager rungs together ran at ~34K tok/s each, about one
+# rung's speed alone in all, so side by side saves no GPU time, only the checkpoint hand-offs):
 #
 #   setsid nohup bash results/memory_pipeline2.sh > /tmp/pipe/log.txt 2>&1 &     # in a device call
 #   then, in that call and the next ones: tar czf $OUT/memory.tgz -C /tmp/pipe res; tail /tmp/pipe/log.txt
 #
 # 1. pretrain infini, local and full exactly as reproduce_small.sh does (side by side);
-# 2. six rungs on the pretrained infini model, each one change against M = --pack=0 --seq_len=2048
-#    --needle=memory (rows of 2 segments, the needle always in the first), passkey at 2K/4K/16K;
+# 2. eight rungs (RUNGS=regex: a subset) on the pretrained infini model, each one change against
+#    M = --pack=0 --seq_len=2048 --needle=memory (rows of 2 segments, the needle always in the first), or a
+#    control without --needle=memory; passkey at 2K/4K/16K;
 # 3. the best rung by the issue's score (mean over depths 0-75 at 4K and 16K) gets the full passkey sweep,
 #    and local, local -> infini and full are fine-tuned with its flags and swept too.
+# The committed results (results/small/ladder2, results/recall_h100.json's last 8 rows) came from two machines:
+#   1. the command above. Its first start ran out of GPU memory (the recall sweep then ran beside the three
+#      pretrainings) and lost infini's; after local and full had finished it was started again with
+#      EXTRA=--log_every=25 (a no-op flag that also skips a second recall sweep; local and full then refused to
+#      overwrite their checkpoints, as they should), pretrained infini and ran the six rungs; the final
+#      fine-tunes were cut by the machine's 30-minute limit.
+#   2. PRETRAIN=infini RUNGS='x16|lr' FINALS=0 RECALL=0 COMPILE=1, the same command: two more rungs.
 # Results (JSON, logs) accumulate in /tmp/pipe/res; checkpoints in /tmp/pipe/runs. A CPU dry run of the plumbing:
 #   MODEL=tiny STEPS=4 SEQ=2048 COMPILE=0 DEVICE=cpu DTYPE=float32 EVAL_TOKENS=4096 SAMPLES=2 \
 #   EXTRA="--steps=2 --batch_size=1 --grad_accum=1 --eval_tokens=2048" PIPE=/tmp/dry bash results/memory_pipeline2.sh
@@ -28,11 +37,6 @@ EXTRA=${EXTRA:-}   # appended to every fine-tune's flags (dry runs)
 PRETRAIN=${PRETRAIN:-infini local full}; RUNGS=${RUNGS:-.}; FINALS=${FINALS:-1}; RECALL=${RECALL:-1}
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 
-# alongside, on the same GPU: the recall rows the first sweep's device time did not reach (v2 curriculum):
-# linear at 4/16/64 pairs, head dim 128, and local with the curriculum
-[ -z "$EXTRA" ] && [ $RECALL = 1 ] && ( ONLY='update=linear --curriculum=2,4,8 --n_pairs|n_embd|local --curriculum' RES=$P/res/recall \
-  PAR=4 LIMIT=1300 bash results/recall_sweep.sh > $P/recall.txt 2>&1; say "recall: $(grep -c acc $P/recall.txt) rows" ) &
-
 say "pretrain $PRETRAIN"
 for a in $PRETRAIN; do
   WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 || say "pretrain $a FAILED" &
@@ -40,6 +44,12 @@ for a in $PRETRAIN; do
 done
 wait $pids
 say "pretrained: $(grep -h 'val_loss' $P/pretrain_*.txt | tail -3 | tr '\n' ' ')"
+
+# alongside the rungs, on the same GPU (not beside the pretraining: three compiled pretrainings and four
+# recall runs overflowed the H100's 80 GB in the first call): the recall rows the first
+# sweep's device time did not reach (v2 curriculum): linear at 4/16/64 pairs, head dim 128, and local with the curriculum
+[ -z "$EXTRA" ] && [ $RECALL = 1 ] && ( ONLY='update=linear --curriculum=2,4,8 --n_pairs|n_embd|local --curriculum' RES=$P/res/recall \
+  PAR=3 LIMIT=1300 bash results/recall_sweep.sh > $P/recall.txt 2>&1; say "recall: $(grep -c acc $P/recall.txt) rows" ) &
 
 M="--pack=0 --seq_len=2048 --needle=memory"
 declare -A RUNG=(
