@@ -490,7 +490,7 @@ def test_finetune_packing(monkeypatch):
         assert len(key) == 1 and "<|endoftext|>" not in text and text.endswith(f"The pass key is {key[0]}.")
         assert enc.decode([t for t in y1[r].tolist() if t >= 0]) == f" {key[0]}."
     # --needle=memory: the needle (both copies of the key) before the last segment (here 128 tokens); uniform
-    # depths put it there in only ~65% of 512-token rows, so 16 rows all passing cannot be luck
+    # depths put it there in ~74% of 512-token rows, so 16 rows all passing by luck has odds of ~1%
     early = finetune.needle_sampler(enc, past_segment=128)
     xm, ym = finetune.make_batch(rows(*range(16)), 512, early, "answer", 100, pack=False)
     ends = []

@@ -5,10 +5,12 @@
 #   RES=$OUT bash results/recall_sweep.sh          # device call: writes $RES/recall_<gpu>.json + log
 #   ONLY='linear|n_embd' RES=$OUT bash results/recall_sweep.sh   # a subset (the whole list took ~15 min at
 #                                                  # 6 at a time on an H100: ~4.7 min a variant; split it)
-#   python plots.py recall --json results/recall_h100.json results/recall_h100_v1.json --out results/recall_h100.png
+#   python plots.py recall --json results/recall_h100.json --out results/recall_h100.png   # (v1: recall_h100_v1.png)
 # The committed runs: recall_h100_v1.json: `RES=$OUT PAR=4 bash results/recall_sweep.sh` with the v1 curriculum
 # (32 sequences a step at every stage); recall_h100.json: `RES=$OUT PAR=6 LIMIT=500 bash results/recall_sweep.sh`,
-# cut by its limit after 7 of 18 variants (infini on memory_fast, then model.py's default).
+# cut by its limit after 7 of 18 variants (infini on memory_fast, then model.py's default). Its last 8 rows (linear at 4/16/64
+# pairs, head dim 128, local + curriculum) ran inside results/memory_pipeline2.sh (ONLY=..., PAR=3 there; PAR=4
+# when they ran), on model.py's default path, and were appended.
 #
 # Defaults of recall.py: 2 layers, d 256, 4 heads (head dim 64), 16 segments of 128 tokens, 1 pair,
 # 64 values (chance 1/64), 1500 steps of 32 sequences (of 16 segments; curriculum stages take more, same
