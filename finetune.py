@@ -203,7 +203,7 @@ def main(argv=None):
     if args.needle == "memory":
         if args.pack or args.parquet or args.hf_dataset:
             raise SystemExit("error: --needle=memory needs --pack=0 and the built-in generator: it places the needle "
-                             "in a row of whole segments (a full-attention model: of its --segment, the same data)")
+                             "before the row's last --segment tokens (for a full-attention model too)")
         if any(L < 2 * cfg.segment for L in stages):
             raise SystemExit(f"error: --needle=memory needs rows of at least 2 segments ({2 * cfg.segment} tokens): "
                              "check --seq_len and --curriculum")

@@ -31,6 +31,7 @@ INTRO = ("There is an important info hidden inside a lot of irrelevant text. Fin
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = " The pass key is {k}. Remember it. {k} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
+QMARK = 30  # GPT-2's "?": how a generated id past the tokenizer's vocabulary is shown
 
 # -----------------------------------------------------------------------------
 # keys: a fixed split of the key space, so fine-tuning never sees an evaluation key
@@ -224,9 +225,10 @@ def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=N
                     out = None if oom else decode([prompts[i] for i in rows])
                     oom = out is None
                     for i, o in zip(rows, out or []):
-                        # ids past the tokenizer's (the embedding table is padded to a multiple of 64) have
-                        # no text: a barely trained model may still emit them
-                        text = enc.decode([t for t in o if t < enc.n_vocab])
+                        # ids past the tokenizer's (the embedding table is padded to a multiple of 64) have no
+                        # text, but a barely trained model may emit them: shown as "?" (dropping them could
+                        # join "12" and "34" into a key)
+                        text = enc.decode([t if t < enc.n_vocab else QMARK for t in o])
                         ok, ex = score(text, cell[i]["key"])
                         cell[i].update(generated=text, correct=ok, exact=ex)
                     bar.update(len(rows))

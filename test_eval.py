@@ -189,10 +189,18 @@ def test_grid_counts_a_model_that_finds_the_needle(enc, monkeypatch):
         monkeypatch.setattr(passkey, "greedy_continue", oracle(shift))
         res = passkey.evaluate(model, enc, [128, 512], [0, 50, 100], samples=3, new_tokens=4, progress=False)
         assert res["accuracy"] == [[want] * 3] * 2 and res["exact"] == [[want] * 3] * 2
-    # ids of the padded vocabulary (50257..50303) have no text: scored as nothing, never a crash
-    monkeypatch.setattr(passkey, "greedy_continue", lambda m, x, n, chunk=None: torch.full((x.size(0), n), 50300))
-    res = passkey.evaluate(model, enc, [128], [50], samples=2, new_tokens=3, progress=False)
-    assert res["accuracy"] == [[0.0]] and all(r["generated"] == "" for r in res["records"])
+    # ids of the padded vocabulary (50257..50303) have no text: shown as "?", never a crash, and never joining
+    # the digits around them into a key
+    def split_key(model, x, new_tokens, chunk=None):
+        outs = []
+        for row in x.tolist():
+            i = next(i for i in range(len(row)) if row[i:i + len(marker)] == marker) + len(marker)
+            k = re.match(r"\s*(\d+)", enc.decode(row[i:i + 8])).group(1)
+            outs.append((enc.encode(" " + k[:2]) + [50300] + enc.encode(k[2:]) + [0] * new_tokens)[:new_tokens])
+        return torch.tensor(outs)
+    monkeypatch.setattr(passkey, "greedy_continue", split_key)
+    res = passkey.evaluate(model, enc, [128], [50], samples=2, new_tokens=4, progress=False)
+    assert res["accuracy"] == [[0.0]] and all("?" in r["generated"] for r in res["records"])
 
 
 def test_oom_batch_falls_back_to_one_prompt_at_a_time(enc, monkeypatch):

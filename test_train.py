@@ -504,7 +504,8 @@ def test_finetune_packing(monkeypatch):
 
 
 @needs_tokenizer
-def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_path, monkeypatch):
+@pytest.mark.parametrize("needle", ["any", "memory"])
+def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_path, monkeypatch, needle):
     """--curriculum=128: the first half of the steps on rows of 128 tokens, twice as many of them; resume exact."""
     import finetune
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
@@ -513,7 +514,7 @@ def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_p
     make_batch = finetune.make_batch
     monkeypatch.setattr(finetune, "make_batch", lambda rows, L, *a: seen.append((len(rows), L)) or make_batch(rows, L, *a))
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
-    extra = ("--curriculum=128", "--pack=0", "--steps=4", "--min_len=128", "--needle=memory")
+    extra = ("--curriculum=128", "--pack=0", "--steps=4", "--min_len=128", f"--needle={needle}")
     finetune.main(ft_args(init, full, *extra))
     assert seen[:8] == [(4, 128)] * 4 + [(2, 256)] * 4  # 2 micro-batches a step; rows x length = 512 tokens
     finetune.main(ft_args(init, split, *extra, "--halt_at=1"))

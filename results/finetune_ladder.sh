@@ -7,9 +7,8 @@
 # writes $RES/finetune_NAME.jsonl and $RES/passkey_NAME_finetuned.json. INIT is infini | local | full
 # ($RUNS/INIT/ckpt.pt). The base recipe is reproduce_small.sh's evaluate stage (300 steps of 16 x 4096
 # tokens, packed rows, loss on every token, lr 7.5e-4, beta lr 1.5e-4), run eager unless COMPILE=1 (a curriculum
-# changes the row shape, so each stage compiles anew. Measured on the H100: eager, rows of 4096, ~240K tok/s;
-# compiled, rows of 2048 four at a time, 275K; pretraining, compiled, 4 x 8192, 704K: at small micro-batches
-# compiling buys little). The device calls made (round 1; round 2: results/memory_pipeline2.sh):
+# changes the row shape, so each stage compiles anew. Measured on the H100, rows of 2048 four at a time:
+# eager ~120K tok/s, compiled 260-320K; eager rows of 4096, ~240K; pretraining, compiled, 4 x 8192, 704K). The device calls made (round 1; round 2: results/memory_pipeline2.sh):
 #   WHICH="infini local" RES=$OUT bash results/reproduce_small.sh pretrain
 #   WHICH=full RES=$OUT bash results/reproduce_small.sh pretrain
 #   bash results/finetune_ladder.sh infini_rows infini --pack=0
