@@ -21,7 +21,7 @@ the checkpoint; only --segment, --update, --gate and --fast_memory may be change
 the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
 --pack=0 puts one sample of exactly the row's length in each row instead (the memory then holds one key);
 --curriculum=1024,2048 trains on rows of 1024, then 2048, then --seq_len tokens, in equal shares of the
-steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same). What
+steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same).
 --needle=memory (with --pack=0) puts every needle in a segment before the question's, where local attention
 cannot see it: every answer then needs the memory. What these do to passkey accuracy is in the README
 ("Does the memory remember?").

@@ -31,7 +31,6 @@ INTRO = ("There is an important info hidden inside a lot of irrelevant text. Fin
 FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = " The pass key is {k}. Remember it. {k} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
-QMARK = 30  # GPT-2's "?": how a generated id past the tokenizer's vocabulary is shown
 
 # -----------------------------------------------------------------------------
 # keys: a fixed split of the key space, so fine-tuning never sees an evaluation key
@@ -204,6 +203,7 @@ def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=N
             torch.cuda.empty_cache()
         return None
 
+    qmark = enc.encode("?")[0]  # how a generated id past the tokenizer's vocabulary is shown
     records, acc, exact = [], [], []
     bar = tqdm(total=len(lengths) * len(depths) * samples, disable=not progress, desc="passkey")
     for L in lengths:
@@ -228,7 +228,7 @@ def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=N
                         # ids past the tokenizer's (the embedding table is padded to a multiple of 64) have no
                         # text, but a barely trained model may emit them: shown as "?" (dropping them could
                         # join "12" and "34" into a key)
-                        text = enc.decode([t if t < enc.n_vocab else QMARK for t in o])
+                        text = enc.decode([t if t < enc.n_vocab else qmark for t in o])
                         ok, ex = score(text, cell[i]["key"])
                         cell[i].update(generated=text, correct=ok, exact=ex)
                     bar.update(len(rows))

@@ -176,29 +176,24 @@ def test_grid_counts_a_model_that_finds_the_needle(enc, monkeypatch):
     model = Llama(make_config("tiny", attn="local")).eval()
     marker = enc.encode(" The pass key is")
 
-    def oracle(shift):
+    def answering(answer):
+        """A stand-in for greedy_continue: answer(key) -> the generated ids, the key read off the needle."""
         def fake(model, x, new_tokens, chunk=None):
             outs = []
             for row in x.tolist():
                 i = next(i for i in range(len(row)) if row[i:i + len(marker)] == marker) + len(marker)
-                key = int(re.match(r"\s*(\d+)", enc.decode(row[i:i + 8])).group(1))
-                outs.append((enc.encode(f" {key + shift}.") + [0] * new_tokens)[:new_tokens])
+                key = re.match(r"\s*(\d+)", enc.decode(row[i:i + 8])).group(1)
+                outs.append((answer(key) + [0] * new_tokens)[:new_tokens])
             return torch.tensor(outs)
         return fake
     for shift, want in ((0, 1.0), (1, 0.0)):
-        monkeypatch.setattr(passkey, "greedy_continue", oracle(shift))
+        monkeypatch.setattr(passkey, "greedy_continue", answering(lambda k: enc.encode(f" {int(k) + shift}.")))
         res = passkey.evaluate(model, enc, [128, 512], [0, 50, 100], samples=3, new_tokens=4, progress=False)
         assert res["accuracy"] == [[want] * 3] * 2 and res["exact"] == [[want] * 3] * 2
     # ids of the padded vocabulary (50257..50303) have no text: shown as "?", never a crash, and never joining
     # the digits around them into a key
-    def split_key(model, x, new_tokens, chunk=None):
-        outs = []
-        for row in x.tolist():
-            i = next(i for i in range(len(row)) if row[i:i + len(marker)] == marker) + len(marker)
-            k = re.match(r"\s*(\d+)", enc.decode(row[i:i + 8])).group(1)
-            outs.append((enc.encode(" " + k[:2]) + [50300] + enc.encode(k[2:]) + [0] * new_tokens)[:new_tokens])
-        return torch.tensor(outs)
-    monkeypatch.setattr(passkey, "greedy_continue", split_key)
+    split = lambda k: enc.encode(" " + k[:2]) + [50300] + enc.encode(k[2:])
+    monkeypatch.setattr(passkey, "greedy_continue", answering(split))
     res = passkey.evaluate(model, enc, [128], [50], samples=2, new_tokens=4, progress=False)
     assert res["accuracy"] == [[0.0]] and all("?" in r["generated"] for r in res["records"])
 
