@@ -170,7 +170,15 @@ def load_model(args, device):
     else:
         from train import load_checkpoint
         ckpt = load_checkpoint(args.ckpt)
-        model = Llama(LlamaConfig(**ckpt["config"]))
+        cfg = dict(ckpt["config"])
+        if args.segment is not None:
+            if cfg["attn"] == "full":
+                raise SystemExit(f"error: --segment does not apply to {args.ckpt}: a full-attention model has no segments")
+            cfg["segment"] = args.segment
+        try:
+            model = Llama(LlamaConfig(**cfg))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
         # accept a state_dict saved from a torch.compile'd module too
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         label = args.ckpt
@@ -260,7 +268,9 @@ def get_parser():
     p.add_argument("--random_init", action="store_true", help="no checkpoint: a random model (smoke test)")
     p.add_argument("--model", default="tiny", help="preset for --random_init")
     p.add_argument("--attn", default="infini", choices=["infini", "local", "full"], help="attention for --random_init")
-    p.add_argument("--segment", type=int, default=None, help="segment for --random_init (default: the preset's)")
+    p.add_argument("--segment", type=int, default=None, help="segment length (default: the checkpoint's, or the "
+                   "preset's with --random_init); another value reads the prompt with other segments, e.g. a model "
+                   "fine-tuned on short segments evaluated at its pretraining segment")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768],
                    help="prompt + answer lengths in tokens")
     p.add_argument("--depths", type=int, nargs="+", default=[0, 25, 50, 75, 100], help="needle depths in percent")

@@ -248,6 +248,30 @@ def test_passkey_cli_end_to_end(enc, tmp_path, monkeypatch, capsys):
     assert json.loads(out2.read_text())["records"] == res["records"]
 
 
+def test_passkey_segment_override(enc, tmp_path, monkeypatch):
+    """--segment reads a checkpoint with other segments (a model fine-tuned on short segments, evaluated at
+    its pretraining segment): the model is built with it, and the JSON records it; a bad one is one line."""
+    from train import save_checkpoint
+    import dataclasses
+    seen = []
+    real = passkey.evaluate
+    monkeypatch.setattr(passkey, "evaluate", lambda model, *a, **kw: seen.append(model.cfg.segment) or real(model, *a, **kw))
+    for attn in ("infini", "full"):
+        cfg = make_config("tiny", attn=attn, segment=32)
+        save_checkpoint(str(tmp_path / f"{attn}.pt"), {"model": Llama(cfg).state_dict(), "config": dataclasses.asdict(cfg)})
+    argv = ["--ckpt", str(tmp_path / "infini.pt"), "--lengths", "128", "--depths", "0", "--samples", "1",
+            "--new_tokens", "1", "--device", "cpu", "--out"]
+    passkey.main(argv + [str(tmp_path / "a.json")])
+    passkey.main(argv + [str(tmp_path / "b.json"), "--segment", "64"])
+    assert seen == [32, 64] and json.loads((tmp_path / "b.json").read_text())["segment"] == 64
+    for extra, expect in ((["--segment", "0"], "segment must be a positive integer"),
+                          (["--ckpt", str(tmp_path / "full.pt"), "--segment", "64"], "a full-attention model has no segments")):
+        with pytest.raises(SystemExit) as e:
+            passkey.main(argv + [str(tmp_path / "c.json")] + extra)
+        msg = str(e.value)
+        assert msg.startswith("error:") and "\n" not in msg and expect in msg, msg
+
+
 def test_passkey_cli_needs_a_model():
     with pytest.raises(SystemExit):
         passkey.main(["--lengths", "128"])
