@@ -24,7 +24,9 @@ the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
 steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same).
 --needle=memory (with --pack=0) puts every needle in a segment before the question's, where local attention
 cannot see it: every answer then needs the memory. What these do to passkey accuracy is in the README
-("Does the memory remember?").
+("Does the memory remember?"). The memory learnt to retrieve (on `small`, README part 4) only with short
+memories first: --segment=128 --pack=0 --needle=memory --seq_len=2048 --curriculum=256,512,1024, 256 answers
+a step at the first stage (--batch_size=8 --grad_accum=4), 1000 steps.
 """
 import os
 
