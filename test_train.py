@@ -523,6 +523,26 @@ def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_p
 
 
 @needs_tokenizer
+def test_finetune_at_another_segment(pretrained, tmp_path, monkeypatch):
+    """--segment (README part 4's recipe fine-tunes at 128 a model pretrained at 1024): the model trains and is
+    saved with the new segment, and --needle=memory keeps every needle before the last *new* segment."""
+    import finetune
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    init, _ = pretrained
+    past, segs = [], []
+    sampler, train_fn = finetune.needle_sampler, finetune.train.train
+    monkeypatch.setattr(finetune, "needle_sampler", lambda *a, past_segment=None, **kw: past.append(past_segment)
+                        or sampler(*a, past_segment=past_segment, **kw))
+    monkeypatch.setattr(finetune.train, "train", lambda args, cfg, model, *a, **kw:
+                        segs.append(model.cfg.segment) or train_fn(args, cfg, model, *a, **kw))
+    out = str(tmp_path / "ft")
+    finetune.main(ft_args(init, out, "--segment=64", "--pack=0", "--needle=memory", "--curriculum=128", "--min_len=128"))
+    assert train.load_checkpoint(init)["config"]["segment"] == 16
+    assert segs == [64] and past == [64, 64]                     # the model, the training and the held-out samples
+    assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["config"]["segment"] == 64
+
+
+@needs_tokenizer
 def test_finetune_adds_memory_to_local_checkpoint(shards, tmp_path, monkeypatch):
     """--attn=infini on a local checkpoint: every pretrained weight loaded, gates new at 0.5, then trained."""
     import finetune
