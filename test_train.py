@@ -501,6 +501,14 @@ def test_finetune_packing(monkeypatch):
         assert len(at) == 3 and at[2] > 512 - 128 > at[1] + len(kid) - 1    # 2 in the needle, 1 in the answer
         ends.append(at[1])
     assert max(ends) > 512 - 128 - 60 and min(ends) < 150   # spread over the whole earlier part, not pinned
+    # --needle_any=0.5: about half the rows ignore the placement; with 64 rows and uniform depths (~26% in the
+    # last segment when free), 0 or all 64 in an earlier segment would both be far outside chance
+    def in_last(sampler, n=64):
+        xs, ys = finetune.make_batch(rows(*range(n)), 512, sampler, "answer", 100, pack=False)
+        kids = [enc.encode(enc.decode([t for t in ys[r].tolist() if t >= 0])[:-1]) for r in range(n)]
+        return sum(any(xs[r, i:i + len(k)].tolist() == k for i in range(512 - 128, 512 - 10 - len(k)))
+                   for r, k in enumerate(kids))
+    assert in_last(early) == 0 and 3 <= in_last(finetune.needle_sampler(enc, past_segment=128, any_frac=0.5)) <= 20
 
 
 @needs_tokenizer
@@ -570,6 +578,8 @@ def test_finetune_bad_input_one_line(pretrained, tmp_path):
                           (["--curriculum=100"], "every --curriculum length"),
                           (["--needle=memory"], "--needle=memory needs --pack=0"),
                           (["--needle=memory", "--pack=0", "--segment=256"], "at least 2 segments"),
+                          (["--needle_any=0.5"], "--needle_any is a fraction in [0, 1], used with --needle=memory"),
+                          (["--needle=memory", "--pack=0", "--needle_any=2"], "--needle_any is a fraction"),
                           (["--init=" + str(tmp_path / "none.pt")], "none.pt does not exist"),
                           (["--parquet=" + str(tmp_path / "none.parquet")], "cannot read columns")]:
         r = run("finetune.py", *ft_args(init, str(tmp_path / "o"), *extra))

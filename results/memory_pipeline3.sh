@@ -23,6 +23,7 @@
 # part 3 (PART=final, the same machine, right after part 2): the full sweep 1K-32K of count's model at
 #   segment 128 and read at 1024; pretrain local; count's recipe on local and on local -> infini, each with
 #   the full sweep (the local -> infini sweep was cut by the session's device time: its val_loss is logged).
+# PART=next: ready, not run (see its comment).
 # Results (JSON, logs) accumulate in /tmp/pipe/res/ladder3 (committed: results/small/ladder3); checkpoints in
 # /tmp/pipe/runs. A CPU dry run of the plumbing (part 1; then PART=count PRETRAIN=infini, then PART=final):
 #   MODEL=tiny STEPS=4 SEQ=512 SEG=128 COMPILE=0 DEVICE=cpu DTYPE=float32 EVAL_TOKENS=1024 SAMPLES=1 \
@@ -62,6 +63,20 @@ run() {  # the rungs named by RUNGS (a regex)
 }
 # count's recipe (part 2), for part 3 too
 COUNT="--pack=0 --needle=memory --segment=128 --steps=1000 --seq_len=2048 --batch_size=8 --grad_accum=4 --curriculum=256,512,1024"
+if [ "${PART:-}" = next ]; then
+  # not run yet (the next session's device time): what part 4 of the README leaves open, on one machine.
+  # PRETRAIN="infini local full" PART=next: count's recipe with a quarter of the rows' needles anywhere (the
+  # lost in-segment reading), local -> infini's sweep, full attention with count's recipe; each swept 1K-32K.
+  say "pretrain $PRETRAIN"
+  for a in $PRETRAIN; do WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 & done
+  wait
+  for m in "r3_infini_mix infini --needle_any=0.25" "r3_local2infini local --attn=infini" "r3_full full"; do
+    set -- $m
+    ( RES=$P/res/ladder3 LENGTHS="$L6" bash results/finetune_ladder.sh $1 $2 ${@:3} $COUNT $EXTRA > $P/final_$1.txt 2>&1 \
+        && say "$1: $(head -1 $P/final_$1.txt) $(rows $P/final_$1.txt $(echo $L6 | wc -w))" || say "$1 FAILED" ) &
+  done
+  wait; say "done (next)"; exit 0
+fi
 if [ "${PART:-}" = final ]; then
   for s in 128 1024; do
     python passkey.py --ckpt=$RUNS/ft_infini_count/ckpt.pt --segment=$s --lengths $L6 --depths 0 25 50 75 100 --samples 20 \
