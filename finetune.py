@@ -23,8 +23,8 @@ the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
 --curriculum=1024,2048 trains on rows of 1024, then 2048, then --seq_len tokens, in equal shares of the
 steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same).
 --needle=memory (with --pack=0) puts every needle in a segment before the question's, where local attention
-cannot see it: every answer then needs the memory; --needle_any=0.25 moves a quarter of the training rows back
-to any depth, so reading a needle from the question's own segment is trained too. What these do to passkey accuracy is in the README
+cannot see it: every answer then needs the memory; --needle_last=0.25 moves a quarter of the training rows' needles
+into the question's own segment, so that reading (by local attention) is trained too. What these do to passkey accuracy is in the README
 ("Does the memory remember?"). The memory learnt to retrieve (on `small`, README part 4) only with short
 memories first: --segment=128 --pack=0 --needle=memory --seq_len=2048 --curriculum=256,512,1024, 256 answers
 a step at the first stage (--batch_size=8 --grad_accum=4), 1000 steps.
@@ -56,9 +56,9 @@ def get_parser():
       "memory holds one key")
     a("--needle", default="any", choices=("any", "memory"), help="any: the needle at a uniform depth (P2); "
       "memory: in a segment before the question's (needs --pack=0), so every answer has to come from the memory")
-    a("--needle_any", type=float, default=0.0, help="with --needle=memory: this fraction of the training rows "
-      "puts the needle at any depth instead, so reading it from the question's own segment is trained too "
-      "(held-out rows stay memory-only)")
+    a("--needle_last", type=float, default=0.0, help="with --needle=memory: this fraction of the training rows "
+      "puts the needle in the question's own segment instead, so reading it there (local attention) is trained "
+      "too; held-out rows stay memory-only")
     a("--curriculum", default="", help="comma list of row lengths trained before --seq_len, each for an equal "
       "share of --steps, rows per micro-batch scaled to keep the tokens per step (e.g. 1024,2048); empty = none")
     a("--parquet", default=None, help="train on rows (prompt, answer) of this parquet file instead of generating")
@@ -94,19 +94,18 @@ def finetune_config(saved, args, path):
 # -----------------------------------------------------------------------------
 # samples and packing
 
-def needle_sampler(enc, eval_keys=False, filler_shards=None, past_segment=None, any_frac=0.0):
+def needle_sampler(enc, eval_keys=False, filler_shards=None, past_segment=None, last_frac=0.0):
     """sample(rng, room, first, lo, hi) -> (ids, answer_start) of at most room - 1 tokens (room for the
     <|endoftext|>), or None when not even lo tokens fit. Lengths are uniform in [lo, hi], cut to the room left.
     past_segment=N: the needle (both copies of the key) lies before the sample's last N tokens, i.e. in an
     earlier segment than the question when the sample starts on a segment boundary (--pack=0): only the
-    memory can carry it to the answer. Depths are drawn uniformly and redrawn until that holds. any_frac: the
-    share of samples that ignore past_segment (the needle anywhere), drawn per sample."""
+    memory can carry it to the answer. Depths are drawn uniformly and redrawn until that holds. last_frac: the
+    share of samples (drawn one by one) whose key lies in those last N tokens instead, the question's own
+    segment, where local attention reads it."""
     def sample(rng, room, first, lo, hi):
         if room - 1 < lo:
             return None
-        past = past_segment
-        if any_frac and rng.random() < any_frac:   # no draw at 0: the default's rows stay as they were
-            past = None
+        late = past_segment is not None and last_frac > 0 and rng.random() < last_frac   # no draw at 0
         length = min(int(rng.integers(lo, hi + 1)), room - 1)
         key = passkey.random_key(rng, eval=eval_keys)
         last_key_token = enc.encode(f" {key}")[-1]
@@ -114,11 +113,18 @@ def needle_sampler(enc, eval_keys=False, filler_shards=None, past_segment=None, 
             kw = dict(filler="p2")
             if filler_shards:
                 kw = dict(filler="tokens", filler_ids=filler_shards[int(rng.integers(len(filler_shards)))], rng=rng)
-            ids, a = passkey.make_sample(enc, length, float(rng.random()), key, **kw)
-            # the key's last token anywhere in the prompt (real-text filler may hold it too: then redraw)
-            if past is None or np.flatnonzero(np.asarray(ids[:a]) == last_key_token).max() < length - past:
+            depth = float(rng.random())
+            if late:   # a depth in [1 - N / length, 1]: the needle within about the last N tokens (checked below)
+                depth = 1.0 - depth * past_segment / length
+            ids, a = passkey.make_sample(enc, length, depth, key, **kw)
+            if past_segment is None:
                 return ids, a
-        raise SystemExit(f"error: found no needle position before the last {past} tokens of a {length}-token sample")
+            # every copy of the key's last token in the prompt (real-text filler may hold it too: then redraw)
+            at = np.flatnonzero(np.asarray(ids[:a]) == last_key_token)
+            if (at.min() >= length - past_segment) if late else (at.max() < length - past_segment):
+                return ids, a
+        where = "inside" if late else "before"
+        raise SystemExit(f"error: found no needle position {where} the last {past_segment} tokens of a {length}-token sample")
     return sample
 
 
@@ -218,8 +224,8 @@ def main(argv=None):
             raise SystemExit(f"error: --needle=memory needs rows of at least 2 segments ({2 * cfg.segment} tokens): "
                              "check --seq_len and --curriculum")
         past = cfg.segment
-    if not 0.0 <= args.needle_any <= 1.0 or (args.needle_any and args.needle != "memory"):
-        raise SystemExit("error: --needle_any is a fraction in [0, 1], used with --needle=memory")
+    if not 0.0 <= args.needle_last < 1.0 or (args.needle_last and args.needle != "memory"):
+        raise SystemExit("error: --needle_last is a fraction in [0, 1), used with --needle=memory")
     enc = gpt2_encoding()
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")
@@ -234,7 +240,7 @@ def main(argv=None):
                 raise SystemExit(f"error: --filler=shards needs token shards in --data_dir ({args.data_dir}); "
                                  "run prepare_fineweb.py or pass --data_dir")
             shards = [load_shard(p) for p in paths]
-        sample = needle_sampler(enc, filler_shards=shards, past_segment=past, any_frac=args.needle_any)
+        sample = needle_sampler(enc, filler_shards=shards, past_segment=past, last_frac=args.needle_last)
     # held-out samples: evaluation keys, loss on the answers only, always the same rows, the same haystack
     # and needle placement as training (--needle=memory: val_loss is then the loss of retrieval from memory)
     val_sample = needle_sampler(enc, eval_keys=True, filler_shards=shards, past_segment=past)

@@ -158,7 +158,8 @@ def greedy_continue(model, prompt, new_tokens, chunk=None):
 # the evaluation grid
 
 def load_model(args, device):
-    """(model, label) from --ckpt, or a randomly initialised preset with --random_init."""
+    """(model, label, the checkpoint's own segment or None) from --ckpt, or a randomly initialised preset
+    with --random_init."""
     from model import Llama, LlamaConfig, make_config
     if args.random_init:
         torch.manual_seed(args.seed)
@@ -166,11 +167,12 @@ def load_model(args, device):
             cfg, label = make_config(args.model, attn=args.attn, segment=args.segment), f"random_init:{args.model}"
         except ValueError as e:
             raise SystemExit(f"error: {e}")
-        model = Llama(cfg)
+        model, own = Llama(cfg), None
     else:
         from train import load_checkpoint
         ckpt = load_checkpoint(args.ckpt)
         cfg = dict(ckpt["config"])
+        own = cfg["segment"]
         if args.segment is not None:
             if cfg["attn"] == "full":
                 raise SystemExit(f"error: --segment does not apply to {args.ckpt}: a full-attention model has no segments")
@@ -182,7 +184,7 @@ def load_model(args, device):
         # accept a state_dict saved from a torch.compile'd module too
         model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
         label = args.ckpt
-    return model.to(device).eval(), label
+    return model.to(device).eval(), label, own
 
 
 def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=None, batch_size=8,
@@ -318,13 +320,15 @@ def main(argv=None):
     from prepare_fineweb import gpt2_encoding
     enc = gpt2_encoding()
     check_args(args, enc)
-    model, label = load_model(args, args.device)
+    model, label, own_segment = load_model(args, args.device)
     if args.chunk is not None and model.cfg.attn != "full" and args.chunk % model.cfg.segment:
         raise SystemExit(f"error: --chunk ({args.chunk}) must be a multiple of the segment ({model.cfg.segment})")
     t0 = time.time()
     result = evaluate(model, enc, args.lengths, args.depths, args.samples, seed=args.seed,
                       new_tokens=args.new_tokens, chunk=args.chunk, batch_size=args.batch_size, device=args.device)
     result = dict(checkpoint=label, seconds=round(time.time() - t0, 1), **result)
+    if own_segment is not None and own_segment != model.cfg.segment:   # read at another segment (--segment)
+        result["checkpoint_segment"] = own_segment
     with open(args.out + ".tmp", "w") as f:  # atomic: a killed run never leaves half a JSON
         json.dump(result, f, indent=1)
     os.replace(args.out + ".tmp", args.out)

@@ -263,7 +263,9 @@ def test_passkey_segment_override(enc, tmp_path, monkeypatch):
             "--new_tokens", "1", "--device", "cpu", "--out"]
     passkey.main(argv + [str(tmp_path / "a.json")])
     passkey.main(argv + [str(tmp_path / "b.json"), "--segment", "64"])
-    assert seen == [32, 64] and json.loads((tmp_path / "b.json").read_text())["segment"] == 64
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert seen == [32, 64] and a["segment"] == 32 and b["segment"] == 64
+    assert "checkpoint_segment" not in a and b["checkpoint_segment"] == 32   # the JSON says it was read at another
     for extra, expect in ((["--segment", "0"], "segment must be a positive integer"),
                           (["--ckpt", str(tmp_path / "full.pt"), "--segment", "64"], "a full-attention model has no segments")):
         with pytest.raises(SystemExit) as e:

@@ -501,14 +501,15 @@ def test_finetune_packing(monkeypatch):
         assert len(at) == 3 and at[2] > 512 - 128 > at[1] + len(kid) - 1    # 2 in the needle, 1 in the answer
         ends.append(at[1])
     assert max(ends) > 512 - 128 - 60 and min(ends) < 150   # spread over the whole earlier part, not pinned
-    # --needle_any=0.5: about half the rows ignore the placement; with 64 rows and uniform depths (~26% in the
-    # last segment when free), 0 or all 64 in an earlier segment would both be far outside chance
-    def in_last(sampler, n=64):
+    # last_frac=0.5 (--needle_last): about half the rows put both copies of the key in the last segment, the
+    # question's (32 of these 64; uniform depths put 14 there, so a sampler ignoring last_frac fails)
+    def in_last(sampler, n=64):   # rows with both needle copies of the key in the last 128 tokens
         xs, ys = finetune.make_batch(rows(*range(n)), 512, sampler, "answer", 100, pack=False)
         kids = [enc.encode(enc.decode([t for t in ys[r].tolist() if t >= 0])[:-1]) for r in range(n)]
-        return sum(any(xs[r, i:i + len(k)].tolist() == k for i in range(512 - 128, 512 - 10 - len(k)))
-                   for r, k in enumerate(kids))
-    assert in_last(early) == 0 and 3 <= in_last(finetune.needle_sampler(enc, past_segment=128, any_frac=0.5)) <= 20
+        at = [[i for i in range(512 - len(k)) if xs[r, i:i + len(k)].tolist() == k] for r, k in enumerate(kids)]
+        assert all(len(a) == 3 for a in at)                           # 2 in the needle, 1 in the answer
+        return sum(a[0] >= 512 - 128 for a in at)
+    assert in_last(early) == 0 and 24 <= in_last(finetune.needle_sampler(enc, past_segment=128, last_frac=0.5)) <= 40
 
 
 @needs_tokenizer
@@ -533,20 +534,23 @@ def test_finetune_curriculum_keeps_tokens_per_step_and_resumes(pretrained, tmp_p
 @needs_tokenizer
 def test_finetune_at_another_segment(pretrained, tmp_path, monkeypatch):
     """--segment (README part 4's recipe fine-tunes at 128 a model pretrained at 1024): the model trains and is
-    saved with the new segment, and --needle=memory keeps every needle before the last *new* segment."""
+    saved with the new segment, and --needle=memory keeps every needle before the last *new* segment;
+    --needle_last reaches the training samples only."""
     import finetune
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
     init, _ = pretrained
-    past, segs = [], []
+    past, segs, last = [], [], []
     sampler, train_fn = finetune.needle_sampler, finetune.train.train
-    monkeypatch.setattr(finetune, "needle_sampler", lambda *a, past_segment=None, **kw: past.append(past_segment)
-                        or sampler(*a, past_segment=past_segment, **kw))
+    monkeypatch.setattr(finetune, "needle_sampler", lambda *a, past_segment=None, last_frac=0.0, **kw: past.append(
+        past_segment) or last.append(last_frac) or sampler(*a, past_segment=past_segment, last_frac=last_frac, **kw))
     monkeypatch.setattr(finetune.train, "train", lambda args, cfg, model, *a, **kw:
                         segs.append(model.cfg.segment) or train_fn(args, cfg, model, *a, **kw))
     out = str(tmp_path / "ft")
-    finetune.main(ft_args(init, out, "--segment=64", "--pack=0", "--needle=memory", "--curriculum=128", "--min_len=128"))
+    finetune.main(ft_args(init, out, "--segment=64", "--pack=0", "--needle=memory", "--curriculum=128", "--min_len=128",
+                          "--needle_last=0.25"))
     assert train.load_checkpoint(init)["config"]["segment"] == 16
     assert segs == [64] and past == [64, 64]                     # the model, the training and the held-out samples
+    assert last == [0.25, 0.0]                                   # --needle_last: training rows only
     assert train.load_checkpoint(os.path.join(out, "ckpt.pt"))["config"]["segment"] == 64
 
 
@@ -578,8 +582,8 @@ def test_finetune_bad_input_one_line(pretrained, tmp_path):
                           (["--curriculum=100"], "every --curriculum length"),
                           (["--needle=memory"], "--needle=memory needs --pack=0"),
                           (["--needle=memory", "--pack=0", "--segment=256"], "at least 2 segments"),
-                          (["--needle_any=0.5"], "--needle_any is a fraction in [0, 1], used with --needle=memory"),
-                          (["--needle=memory", "--pack=0", "--needle_any=2"], "--needle_any is a fraction"),
+                          (["--needle_last=0.5"], "--needle_last is a fraction in [0, 1), used with --needle=memory"),
+                          (["--needle=memory", "--pack=0", "--needle_last=1"], "--needle_last is a fraction"),
                           (["--init=" + str(tmp_path / "none.pt")], "none.pt does not exist"),
                           (["--parquet=" + str(tmp_path / "none.parquet")], "cannot read columns")]:
         r = run("finetune.py", *ft_args(init, str(tmp_path / "o"), *extra))

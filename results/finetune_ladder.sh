@@ -33,7 +33,6 @@ python finetune.py --init=$RUNS/$INIT/ckpt.pt --out_dir=$RUNS/ft_$NAME --steps=3
   --compile=${COMPILE:-0} "$@" > $RUNS/finetune_$NAME.txt 2>&1 || { tail -20 $RUNS/finetune_$NAME.txt; exit 1; }
 grep -E "val_loss|step +299" $RUNS/finetune_$NAME.txt | tr '\n' ' '; echo
 cp $RUNS/ft_$NAME/log.jsonl $RES/finetune_$NAME.jsonl
-[ "$LENGTHS" = none ] && exit 0                     # a first stage: no passkey sweep
 python passkey.py --ckpt=$RUNS/ft_$NAME/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 --samples $SAMPLES \
   --seed 0 --batch_size $SAMPLES --device=${DEVICE:-cuda} --out $RES/passkey_${NAME}_finetuned.json > $RUNS/passkey_$NAME.txt 2>&1 \
   || { tail -5 $RUNS/passkey_$NAME.txt; exit 1; }

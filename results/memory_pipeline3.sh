@@ -24,6 +24,12 @@
 #   segment 128 and read at 1024; pretrain local; count's recipe on local and on local -> infini, each with
 #   the full sweep (the local -> infini sweep was cut by the session's device time: its val_loss is logged).
 # PART=next: ready, not run (see its comment).
+# The script was tidied after the runs (part 3 was an inline device command, the same steps; the logs'
+# passkey summaries then printed only the first three lengths of each table); every rung's flags are those
+# recorded in the "args" row of its finetune_*.jsonl. The figure:
+#   cd results/small/ladder3 && python ../../../plots.py passkey --json passkey_r3_infini_seg128_finetuned.json \
+#     passkey_r3_local_finetuned.json passkey_r3_infini_seg1024_finetuned.json --labels infini local \
+#     "infini read at 1024" --out passkey_r3.png
 # Results (JSON, logs) accumulate in /tmp/pipe/res/ladder3 (committed: results/small/ladder3); checkpoints in
 # /tmp/pipe/runs. A CPU dry run of the plumbing (part 1; then PART=count PRETRAIN=infini, then PART=final):
 #   MODEL=tiny STEPS=4 SEQ=512 SEG=128 COMPILE=0 DEVICE=cpu DTYPE=float32 EVAL_TOKENS=1024 SAMPLES=1 \
@@ -64,16 +70,26 @@ run() {  # the rungs named by RUNGS (a regex)
 # count's recipe (part 2), for part 3 too
 COUNT="--pack=0 --needle=memory --segment=128 --steps=1000 --seq_len=2048 --batch_size=8 --grad_accum=4 --curriculum=256,512,1024"
 if [ "${PART:-}" = next ]; then
-  # not run yet (the next session's device time): what part 4 of the README leaves open, on one machine.
-  # PRETRAIN="infini local full" PART=next: count's recipe with a quarter of the rows' needles anywhere (the
-  # lost in-segment reading), local -> infini's sweep, full attention with count's recipe; each swept 1K-32K.
-  say "pretrain $PRETRAIN"
-  for a in $PRETRAIN; do WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 & done
+  # not run yet (the next session's device time): what part 4 of the README leaves open, on one machine
+  # (estimated ~20-25 min from parts 2-3: three pretrainings side by side ~6.5 min, then three fine-tunes and
+  # their sweeps side by side). count's recipe with a quarter of the needles in the question's own segment
+  # (--needle_last=0.25: the lost in-segment reading), also read at 1024; local -> infini again, now with its
+  # sweep; full attention with count's recipe. Names r3b_*: part 3's files stay as they are.
+  say "pretrain infini local full"
+  for a in infini local full; do WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 & done
   wait
-  for m in "r3_infini_mix infini --needle_any=0.25" "r3_local2infini local --attn=infini" "r3_full full"; do
+  for a in infini local full; do
+    [ -f $RUNS/$a/ckpt.pt ] && say "pretrained $a: $(grep -h 'val_loss' $RUNS/pretrain_$a.txt | tail -1)" || say "pretrain $a FAILED"
+  done
+  for m in "r3b_infini_last infini --needle_last=0.25" "r3b_local2infini local --attn=infini" "r3b_full full"; do
     set -- $m
     ( RES=$P/res/ladder3 LENGTHS="$L6" bash results/finetune_ladder.sh $1 $2 ${@:3} $COUNT $EXTRA > $P/final_$1.txt 2>&1 \
-        && say "$1: $(head -1 $P/final_$1.txt) $(rows $P/final_$1.txt $(echo $L6 | wc -w))" || say "$1 FAILED" ) &
+        && say "$1: $(head -1 $P/final_$1.txt) $(rows $P/final_$1.txt $(echo $L6 | wc -w))" || say "$1 FAILED"
+      if [ $1 != r3b_full ]; then
+        python passkey.py --ckpt=$RUNS/ft_$1/ckpt.pt --segment=1024 --lengths $L6 --depths 0 25 50 75 100 --samples 20 \
+          --seed 0 --batch_size 20 --device=${DEVICE:-cuda} --out $P/res/ladder3/passkey_$1_at1024_finetuned.json > $P/pk1024_$1.txt 2>&1 \
+          && say "$1 read at 1024: $(rows $P/pk1024_$1.txt $(echo $L6 | wc -w))" || say "$1 at 1024 FAILED"
+      fi ) &
   done
   wait; say "done (next)"; exit 0
 fi
