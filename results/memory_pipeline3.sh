@@ -63,6 +63,14 @@ rung() {
       && say "$name at segment 1024: $(rows $P/pk1024_$name.txt)" || say "passkey $name at 1024 FAILED"
   fi
 }
+pretrain() {  # the models named, side by side, exactly as reproduce_small.sh does
+  say "pretrain $*"
+  for a in "$@"; do WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 & done
+  wait
+  for a in "$@"; do
+    [ -f $RUNS/$a/ckpt.pt ] && say "pretrained $a: $(grep -h 'val_loss' $RUNS/pretrain_$a.txt | tail -1)" || say "pretrain $a FAILED"
+  done
+}
 S="--pack=0 --needle=memory"
 run() {  # the rungs named by RUNGS (a regex)
   [[ $1 =~ $RUNGS ]] && rung "$@"
@@ -75,12 +83,7 @@ if [ "${PART:-}" = next ]; then
   # their sweeps side by side). count's recipe with a quarter of the needles in the question's own segment
   # (--needle_last=0.25: the lost in-segment reading), also read at 1024; local -> infini again, now with its
   # sweep; full attention with count's recipe. Names r3b_*: part 3's files stay as they are.
-  say "pretrain infini local full"
-  for a in infini local full; do WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 & done
-  wait
-  for a in infini local full; do
-    [ -f $RUNS/$a/ckpt.pt ] && say "pretrained $a: $(grep -h 'val_loss' $RUNS/pretrain_$a.txt | tail -1)" || say "pretrain $a FAILED"
-  done
+  pretrain infini local full
   for m in "r3b_infini_last infini --needle_last=0.25" "r3b_local2infini local --attn=infini" "r3b_full full"; do
     set -- $m
     ( RES=$P/res/ladder3 LENGTHS="$L6" bash results/finetune_ladder.sh $1 $2 ${@:3} $COUNT $EXTRA > $P/final_$1.txt 2>&1 \
@@ -107,14 +110,7 @@ if [ "${PART:-}" = final ]; then
   done
   wait; say "done (final)"; exit 0
 fi
-say "pretrain $PRETRAIN"
-pids=
-for a in $PRETRAIN; do
-  WHICH=$a RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_$a.txt 2>&1 || say "pretrain $a FAILED" &
-  pids="$pids $!"
-done
-wait $pids
-for a in $PRETRAIN; do say "pretrained $a: $(grep -h 'val_loss' $RUNS/pretrain_$a.txt | tail -1)"; done
+pretrain $PRETRAIN
 [ -f $RUNS/infini/ckpt.pt ] || { say "no pretrained infini checkpoint: stop"; exit 1; }
 
 if [ "${PART:-}" = count ]; then
