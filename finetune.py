@@ -23,11 +23,11 @@ the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
 --curriculum=1024,2048 trains on rows of 1024, then 2048, then --seq_len tokens, in equal shares of the
 steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same).
 --needle=memory (with --pack=0) puts every needle in a segment before the question's, where local attention
-cannot see it: every answer then needs the memory; --needle_last=0.25 moves a quarter of the training rows' needles
-into the question's own segment, so that reading (by local attention) is trained too. What these do to passkey accuracy is in the README
-("Does the memory remember?"). The memory learnt to retrieve (on `small`, README part 4) only with short
-memories first: --segment=128 --pack=0 --needle=memory --seq_len=2048 --curriculum=256,512,1024, 256 answers
-a step at the first stage (--batch_size=8 --grad_accum=4), 1000 steps.
+cannot see it: every answer then needs the memory; --needle_last=0.25 moves a quarter of the training rows'
+needles into the question's own segment, so that reading (by local attention) is trained too. What these do
+to passkey accuracy is in the README ("Does the memory remember?"). The memory learnt to retrieve (on `small`,
+README part 4) only with short memories first: --segment=128 --pack=0 --needle=memory --seq_len=2048
+--curriculum=256,512,1024, 256 answers a step at the first stage (--batch_size=8 --grad_accum=4), 1000 steps.
 """
 import os
 
