@@ -56,12 +56,21 @@ rung() {
     || { say "rung $name FAILED: $(tail -3 $P/rung_$name.txt | tr '\n' ' ')"; return 1; }
   say "rung $name: $(head -1 $P/rung_$name.txt)"
   say "$name at segment $seg: $(rows $P/rung_$name.txt)"
-  if [ $seg != 1024 ]; then
-    python passkey.py --ckpt=$RUNS/ft_$name/ckpt.pt --segment=1024 --lengths $L3 --depths 0 25 50 75 100 \
-      --samples ${SAMPLES:-20} --seed 0 --batch_size ${SAMPLES:-20} --device=${DEVICE:-cuda} \
-      --out $P/res/ladder3/passkey_${name}_at1024_finetuned.json > $P/pk1024_$name.txt 2>&1 \
-      && say "$name at segment 1024: $(rows $P/pk1024_$name.txt)" || say "passkey $name at 1024 FAILED"
-  fi
+  [ $seg = 1024 ] || sweep $name 1024 ${name}_at1024 $L3
+}
+# sweep NAME SEGMENT OUT LENGTHS...: passkey of $RUNS/ft_NAME read at SEGMENT -> passkey_OUT_finetuned.json
+sweep() {
+  local name=$1 seg=$2 out=$3; shift 3
+  python passkey.py --ckpt=$RUNS/ft_$name/ckpt.pt --segment=$seg --lengths "$@" --depths 0 25 50 75 100 \
+    --samples ${SAMPLES:-20} --seed 0 --batch_size ${SAMPLES:-20} --device=${DEVICE:-cuda} \
+    --out $P/res/ladder3/passkey_${out}_finetuned.json > $P/pk_$out.txt 2>&1 \
+    && say "$out: $(rows $P/pk_$out.txt $#)" || say "passkey $out FAILED"
+}
+# final NAME INIT [flags]: count's recipe (below) + the sweep 1K-32K at the fine-tune's segment
+final() {
+  local name=$1 init=$2; shift 2
+  RES=$P/res/ladder3 LENGTHS="$L6" bash results/finetune_ladder.sh $name $init "$@" $COUNT $EXTRA > $P/final_$name.txt 2>&1 \
+    && say "$name: $(head -1 $P/final_$name.txt) $(rows $P/final_$name.txt $(echo $L6 | wc -w))" || { say "$name FAILED"; return 1; }
 }
 pretrain() {  # the models named, side by side, exactly as reproduce_small.sh does
   say "pretrain $*"
@@ -84,30 +93,16 @@ if [ "${PART:-}" = next ]; then
   # (--needle_last=0.25: the lost in-segment reading), also read at 1024; local -> infini again, now with its
   # sweep; full attention with count's recipe. Names r3b_*: part 3's files stay as they are.
   pretrain infini local full
-  for m in "r3b_infini_last infini --needle_last=0.25" "r3b_local2infini local --attn=infini" "r3b_full full"; do
-    set -- $m
-    ( RES=$P/res/ladder3 LENGTHS="$L6" bash results/finetune_ladder.sh $1 $2 ${@:3} $COUNT $EXTRA > $P/final_$1.txt 2>&1 \
-        && say "$1: $(head -1 $P/final_$1.txt) $(rows $P/final_$1.txt $(echo $L6 | wc -w))" || say "$1 FAILED"
-      if [ $1 != r3b_full ]; then
-        python passkey.py --ckpt=$RUNS/ft_$1/ckpt.pt --segment=1024 --lengths $L6 --depths 0 25 50 75 100 --samples 20 \
-          --seed 0 --batch_size 20 --device=${DEVICE:-cuda} --out $P/res/ladder3/passkey_$1_at1024_finetuned.json > $P/pk1024_$1.txt 2>&1 \
-          && say "$1 read at 1024: $(rows $P/pk1024_$1.txt $(echo $L6 | wc -w))" || say "$1 at 1024 FAILED"
-      fi ) &
-  done
+  ( final r3b_infini_last infini --needle_last=0.25 && sweep r3b_infini_last 1024 r3b_infini_last_at1024 $L6 ) &
+  ( final r3b_local2infini local --attn=infini && sweep r3b_local2infini 1024 r3b_local2infini_at1024 $L6 ) &
+  final r3b_full full &
   wait; say "done (next)"; exit 0
 fi
 if [ "${PART:-}" = final ]; then
-  for s in 128 1024; do
-    python passkey.py --ckpt=$RUNS/ft_infini_count/ckpt.pt --segment=$s --lengths $L6 --depths 0 25 50 75 100 --samples 20 \
-      --seed 0 --batch_size 20 --device=${DEVICE:-cuda} --out $P/res/ladder3/passkey_r3_infini_seg${s}_finetuned.json > $P/sweep_$s.txt 2>&1
-    say "r3_infini at segment $s: $(rows $P/sweep_$s.txt $(echo $L6 | wc -w))"
-  done &
+  ( sweep infini_count 128 r3_infini_seg128 $L6; sweep infini_count 1024 r3_infini_seg1024 $L6 ) &
   WHICH=local RES=$P/res bash results/reproduce_small.sh pretrain > $P/pretrain_local.txt 2>&1
-  for m in "r3_local2infini --attn=infini" "r3_local"; do
-    set -- $m
-    ( RES=$P/res/ladder3 LENGTHS="$L6" bash results/finetune_ladder.sh $1 local ${@:2} $COUNT $EXTRA > $P/final_$1.txt 2>&1 \
-        && say "$1: $(head -1 $P/final_$1.txt) $(rows $P/final_$1.txt $(echo $L6 | wc -w))" || say "$1 FAILED" ) &
-  done
+  final r3_local2infini local --attn=infini &
+  final r3_local local &
   wait; say "done (final)"; exit 0
 fi
 pretrain $PRETRAIN
