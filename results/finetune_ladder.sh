@@ -29,7 +29,7 @@ mkdir -p "$RES"
 t0=$(date +%s)
 python finetune.py --init=$RUNS/$INIT/ckpt.pt --out_dir=$RUNS/ft_$NAME --steps=300 --seq_len=4096 \
   --batch_size=4 --grad_accum=4 --lr=7.5e-4 --min_lr=7.5e-5 --warmup=30 --beta_lr=1.5e-4 --filler=p2 \
-  --data_dir=.carry/data --eval_every=100 --ckpt_every=300 --log_every=25 --device=${DEVICE:-cuda} --dtype=${DTYPE:-bfloat16} \
+  --data_dir=${DATA:-.carry/data} --eval_every=100 --ckpt_every=300 --log_every=25 --device=${DEVICE:-cuda} --dtype=${DTYPE:-bfloat16} \
   --compile=${COMPILE:-0} "$@" > $RUNS/finetune_$NAME.txt 2>&1 || { tail -20 $RUNS/finetune_$NAME.txt; exit 1; }
 grep -E "val_loss|step +299" $RUNS/finetune_$NAME.txt | tr '\n' ' '; echo
 cp $RUNS/ft_$NAME/log.jsonl $RES/finetune_$NAME.jsonl

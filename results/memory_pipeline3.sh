@@ -23,13 +23,17 @@
 # part 3 (PART=final, the same machine, right after part 2): the full sweep 1K-32K of count's model at
 #   segment 128 and read at 1024; pretrain local; count's recipe on local and on local -> infini, each with
 #   the full sweep (the local -> infini sweep was cut by the session's device time: its val_loss is logged).
-# PART=next: ready, not run (see its comment).
+# part 4 (PART=next, the next session, a third machine, 18:03-18:21 in pipeline_next_log.txt: pretraining
+#   8.4 min, then the three fine-tunes side by side, 6-9.5 min each with their sweeps): see its comment.
 # The script was tidied after the runs (part 3 was an inline device command, the same steps; the logs'
 # passkey summaries then printed only the first three lengths of each table); every rung's flags are those
-# recorded in the "args" row of its finetune_*.jsonl. The figure:
+# recorded in the "args" row of its finetune_*.jsonl. The figures:
 #   cd results/small/ladder3 && python ../../../plots.py passkey --json passkey_r3_infini_seg128_finetuned.json \
 #     passkey_r3_local_finetuned.json passkey_r3_infini_seg1024_finetuned.json --labels infini local \
 #     "infini read at 1024" --out passkey_r3.png
+#   python ../../../plots.py passkey --json passkey_r3b_infini_last_finetuned.json \
+#     passkey_r3b_local2infini_at1024_finetuned.json passkey_r3b_infini_last_at1024_finetuned.json --labels \
+#     "infini, needle_last 0.25" "local -> infini read at 1024" "infini needle_last read at 1024" --out passkey_r3b.png
 # Results (JSON, logs) accumulate in /tmp/pipe/res/ladder3 (committed: results/small/ladder3); checkpoints in
 # /tmp/pipe/runs. A CPU dry run of the plumbing (part 1; then PART=count PRETRAIN=infini, then PART=final):
 #   MODEL=tiny STEPS=4 SEQ=512 SEG=128 COMPILE=0 DEVICE=cpu DTYPE=float32 EVAL_TOKENS=1024 SAMPLES=1 \
@@ -87,9 +91,8 @@ run() {  # the rungs named by RUNGS (a regex)
 # count's recipe (part 2), for part 3 too
 COUNT="--pack=0 --needle=memory --segment=128 --steps=1000 --seq_len=2048 --batch_size=8 --grad_accum=4 --curriculum=256,512,1024"
 if [ "${PART:-}" = next ]; then
-  # not run yet (the next session's device time): what part 4 of the README leaves open, on one machine
-  # (estimated ~20-25 min from parts 2-3: three pretrainings side by side ~6.5 min, then three fine-tunes and
-  # their sweeps side by side). count's recipe with a quarter of the needles in the question's own segment
+  # what parts 1-3 left open, on one machine (18.3 min: three pretrainings side by side 8.4 min, then three
+  # fine-tunes and their sweeps side by side). count's recipe with a quarter of the needles in the question's own segment
   # (--needle_last=0.25: the lost in-segment reading), also read at 1024; local -> infini again, now with its
   # sweep; full attention with count's recipe. Names r3b_*: part 3's files stay as they are.
   pretrain infini local full

@@ -6,13 +6,19 @@
 #   bash results/reproduce_small.sh evaluate  # GPU call 2: passkey zero-shot, needle fine-tuning, passkey again
 #   bash results/reproduce_small.sh plots     # here: PNGs from the logs and passkey JSONs in results/small
 #
-# The committed results came from these device calls, all on one machine (carry: .carry), each < 10 min:
+# The committed pretraining results came from these device calls, all on one machine (carry: .carry), each < 10 min:
 #   WHICH="infini local" RES=$OUT bash results/reproduce_small.sh pretrain     # 376 s
 #   WHICH=full RES=$OUT bash results/reproduce_small.sh pretrain               # 201 s
-#   WHICH=infini RES=$OUT bash results/reproduce_small.sh evaluate             # 160 s
-#   WHICH="local full" RES=$OUT bash results/reproduce_small.sh evaluate       # 310 s
-#   then, for results/small/ft900: WHICH=infini (and local) FT_STEPS=900 LENGTHS="1024 2048 4096 8192 16384"
-#   RES=$OUT/i (and $OUT/l) bash results/reproduce_small.sh evaluate, the two run side by side
+# `evaluate` fine-tunes each model with the recipe that teaches the memory (README, "Does the memory
+# remember?", part 4: `count`, segment 128, rows of 2 -> 4 -> 8 -> 16 segments, every needle in an earlier
+# segment, 1000 steps of 64K tokens) through results/finetune_ladder.sh, and sweeps passkey at the fine-tune's
+# segment. The committed results/small/{finetune,passkey}_*_finetuned files are those steps' output as run by
+# results/memory_pipeline3.sh (infini and local on one machine, local2infini and full on another; each
+# machine pretrained its models again with `pretrain`; 6-9 min a fine-tune with its sweep, two or three
+# side by side on one H100).
+# Round 1's recipe (P1's, scaled: 300 steps of 16 x 4096 packed rows, segment 1024; the memory learnt
+# nothing) is finetune_ladder.sh's base recipe: `bash results/finetune_ladder.sh NAME INIT`; its results are
+# in results/small/v1 (the first run), results/small/ladder and results/small/ft900 (900 steps).
 #
 # What is scaled down, and why (the device machine runs 10 minutes a call, 30 minutes a hold):
 # - model: the "small" preset (8 layers, d 512, 8 heads of 64, SwiGLU 2048; 59M parameters without the
@@ -23,13 +29,13 @@
 # - LRs: 10x the study's (infini 6e-4, baselines 1.2e-3: the same 2x ratio P1 needed for its baseline),
 #   because a 59M model trained for 3K steps at 6e-5 barely leaves the unigram loss; beta keeps the
 #   study's LRs (0.01 pretraining, 1.5e-4 fine-tuning).
-# - fine-tuning: $FT_STEPS steps of 16 x 4096 tokens (study: 500 x 64 x 4096) at 7.5e-4 (10x), P2 filler.
+# - fine-tuning: 1000 steps of 32 x 2048 tokens (study: 500 x 64 x 4096) at 7.5e-4 (10x), P2 filler, at
+#   segment 128 (at the study's 1024 the answer loss never left the no-information guess: README part 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?usage: reproduce_small.sh prepare|pretrain|evaluate|plots}
 MODEL=${MODEL:-small}
 STEPS=${STEPS:-3000}
-FT_STEPS=${FT_STEPS:-300}
 SEQ=${SEQ:-8192}
 SEG=${SEG:-1024}
 LENGTHS=${LENGTHS:-"1024 2048 4096 8192 16384 32768"}
@@ -67,17 +73,15 @@ pretrain)
     cp $RUNS/$1/log.jsonl $RES/pretrain_$1.jsonl
   done ;;
 evaluate)
-  for a in ${WHICH:-infini local full}; do
-    python passkey.py --ckpt=$RUNS/$a/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 --samples $SAMPLES \
-      --seed 0 --batch_size $SAMPLES --device=$DEVICE --out $RES/passkey_${a}_zeroshot.json | tail -9
-    python finetune.py --init=$RUNS/$a/ckpt.pt --out_dir=$RUNS/ft_$a --steps=$FT_STEPS --seq_len=$((SEQ / 2)) \
-      --batch_size=4 --grad_accum=4 --lr=7.5e-4 --min_lr=7.5e-5 --warmup=$((FT_STEPS / 10)) --beta_lr=1.5e-4 \
-      --filler=p2 --data_dir=$DATA --eval_every=$((FT_STEPS / 3)) --ckpt_every=$FT_STEPS --log_every=10 \
-      $common > $RUNS/finetune_$a.txt 2>&1 || { tail -20 $RUNS/finetune_$a.txt; exit 1; }
-    grep -E "val_loss" $RUNS/finetune_$a.txt
-    cp $RUNS/ft_$a/log.jsonl $RES/finetune_$a.jsonl
-    python passkey.py --ckpt=$RUNS/ft_$a/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 --samples $SAMPLES \
-      --seed 0 --batch_size $SAMPLES --device=$DEVICE --out $RES/passkey_${a}_finetuned.json | tail -9
+  # round 3's `count` recipe (README part 4); local2infini: the local checkpoint with the memory added
+  count="--pack=0 --needle=memory --segment=128 --seq_len=2048 --batch_size=8 --grad_accum=4 --curriculum=256,512,1024 --steps=1000"
+  for a in ${WHICH:-infini local local2infini full}; do
+    init=$a conv=""
+    [ $a = local2infini ] && init=local conv=--attn=infini
+    [ $a = local2infini ] || python passkey.py --ckpt=$RUNS/$a/ckpt.pt --lengths $LENGTHS --depths 0 25 50 75 100 \
+      --samples $SAMPLES --seed 0 --batch_size $SAMPLES --device=$DEVICE --out $RES/passkey_${a}_zeroshot.json | tail -9
+    RUNS=$RUNS RES=$RES DATA=$DATA LENGTHS="$LENGTHS" SAMPLES=$SAMPLES DEVICE=$DEVICE DTYPE=$DTYPE COMPILE=$COMPILE \
+      bash results/finetune_ladder.sh $a $init $conv $count ${FT_FLAGS:-}   # FT_FLAGS: e.g. --steps=10 for a dry run
   done ;;
 plots)
   python plots.py gates --log $RES/pretrain_infini.jsonl --out $RES/gates_pretrained.png
@@ -88,6 +92,7 @@ plots)
   python plots.py passkey --json $RES/passkey_infini_zeroshot.json $RES/passkey_local_zeroshot.json \
     $RES/passkey_full_zeroshot.json --labels infini local full --out $RES/passkey_zeroshot.png
   python plots.py passkey --json $RES/passkey_infini_finetuned.json $RES/passkey_local_finetuned.json \
-    $RES/passkey_full_finetuned.json --labels infini local full --out $RES/passkey_finetuned.png ;;
+    $RES/passkey_local2infini_finetuned.json $RES/passkey_full_finetuned.json --labels infini local \
+    "local -> infini" full --out $RES/passkey_finetuned.png ;;
 *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
