@@ -11,8 +11,10 @@ step, bf16 autocast, compiled per block (model.compile_model), the same global b
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
-Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default)
-or "infini-linear-fast" (memory_fast); "infini-linear" means plain. check and stream run both.
+Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default),
+"infini-linear-fast" (memory_fast, its read in the Triton kernels) or "infini-linear-fasttorch" (memory_fast
+with the PyTorch read, _ReadAndMix: what the Triton kernels replace); "infini-linear" means plain. check
+and stream run plain and fast. A variant that fails is recorded with its error and the run goes on.
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ import time
 
 import torch
 
+import model as model_py
 from model import Llama, compile_model, make_config
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 FLOP/s by datasheet
@@ -88,64 +91,76 @@ def train_throughput(args):
         for variant in args.variants:
             attn, update, memory = (variant.split("-") + [None, None])[:3]
             memory = (memory or "plain") if attn == "infini" else None
-            torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
-            torch.manual_seed(0)
-            cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
-                              fast_memory=memory != "plain")
-            model = Llama(cfg).cuda()
-            opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
-            if args.compile:
-                compile_model(model)
-            B = args.tokens // T
-            data = torch.randint(0, 50257, (B, T + 1), device="cuda")
-
-            def step():
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    _, loss, _ = model(data[:, :-1], data[:, 1:])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss
-
-            torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            for _ in range(args.warmup):
-                step()
-            torch.cuda.synchronize()
-            compile_s = time.perf_counter() - t0
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(args.steps):
-                loss = step()
-            end.record()
-            torch.cuda.synchronize()
-            dt = start.elapsed_time(end) / 1e3 / args.steps
-            tok_s = B * T / dt
-            peak = peak_flops()
-            row = dict(attn=attn, update=update or None, memory=memory, T=T, batch=B, tok_s=round(tok_s),
-                       mfu=round(model.flops_per_token(T) * tok_s / peak, 4) if peak else None,
-                       peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                       compile_s=round(compile_s, 1), step_ms=round(dt * 1e3, 1), loss=round(loss.item(), 3))
+            try:
+                row = train_one(args, T, attn, update, memory, variant)
+            except Exception as e:                              # e.g. a compile failure: keep the other rows
+                row = dict(attn=attn, update=update or None, memory=memory, T=T, error=f"{type(e).__name__}: {e}"[:500])
+                torch.cuda.empty_cache()
             print(json.dumps(row), flush=True)
             rows.append(row)
             write_rows(path, rows)
-            if (variant, T) == (args.profile, args.profile_T):
-                profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
-            del model, opt, data
-            torch.cuda.empty_cache()
+    ok = [r for r in rows if "error" not in r]
     # the table, with ratios against full and local attention measured in this same run
-    full = {r["T"]: r for r in rows if r["attn"] == "full"}
-    local = {r["T"]: r for r in rows if r["attn"] == "local"}
+    full = {r["T"]: r for r in ok if r["attn"] == "full"}
+    local = {r["T"]: r for r in ok if r["attn"] == "local"}
     ratio = lambda r, ref, k: r[k] / ref[r["T"]][k] if ref.get(r["T"], {}).get(k) else float("nan")
     print(f"\n{'variant':20s} {'T':>6s} {'B':>3s} {'tok/s':>9s} {'x full':>7s} {'x local':>7s} {'MFU':>6s} "
           f"{'peak GB':>8s} {'x local':>7s} {'compile s':>9s}")
-    for r in rows:
+    for r in ok:
         name = "-".join(str(r[k]) for k in ("attn", "update", "memory") if r[k])
         print(f"{name:20s} {r['T']:6d} {r['batch']:3d} {r['tok_s']:9d} {ratio(r, full, 'tok_s'):7.2f} "
               f"{ratio(r, local, 'tok_s'):7.2f} {r['mfu'] or 0:6.3f} {r['peak_gb']:8.2f} "
               f"{ratio(r, local, 'peak_gb'):7.2f} {r['compile_s']:9.1f}")
     return rows
+
+
+def train_one(args, T, attn, update, memory, variant):
+    """One variant at one T: compile, warm up, time args.steps steps; the JSON row."""
+    model_py.TRITON_READ = memory != "fasttorch"
+    torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
+    torch.manual_seed(0)
+    cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
+                      fast_memory=memory != "plain")
+    model = Llama(cfg).cuda()
+    opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
+    if args.compile:
+        compile_model(model)
+    B = args.tokens // T
+    data = torch.randint(0, 50257, (B, T + 1), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss, _ = model(data[:, :-1], data[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(args.steps):
+        loss = step()
+    end.record()
+    torch.cuda.synchronize()
+    dt = start.elapsed_time(end) / 1e3 / args.steps
+    tok_s = B * T / dt
+    peak = peak_flops()
+    row = dict(attn=attn, update=update or None, memory=memory, T=T, batch=B, tok_s=round(tok_s),
+               mfu=round(model.flops_per_token(T) * tok_s / peak, 4) if peak else None,
+               peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+               compile_s=round(compile_s, 1), step_ms=round(dt * 1e3, 1), loss=round(loss.item(), 3))
+    if (variant, T) == (args.profile, args.profile_T):
+        profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
+    del model, opt, data
+    torch.cuda.empty_cache()
+    return row
 
 
 def profile(step, path):
@@ -208,7 +223,8 @@ def get_parser():
     p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384], help="training sequence lengths")
     p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear-plain", "infini-linear-fast",
                                                       "infini-delta-plain", "infini-delta-fast"],
-                   help="attention[-update[-plain|-fast]] variants to time (plain = compressive_memory, fast = memory_fast)")
+                   help="attention[-update[-plain|-fast|-fasttorch]] variants to time (plain = compressive_memory, fast = "
+                        "memory_fast, fasttorch = memory_fast without the Triton read)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")

@@ -259,6 +259,150 @@ def _write_terms(k, v, z0, delta):
     return z_prev, z_after, dM, (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd)
 
 
+# The read and mix of _ReadAndMix as one Triton kernel each way (CUDA tensors, when Triton is installed): the
+# same arithmetic, row block by row block, so sigma(q), the normaliser and the mix never leave registers and
+# the (B, S, H, N, D) tensors are read and written once; backward runs one program per segment and head,
+# which also sums dM = sigma(q)^T (g dy / den) over its rows. Tested equal to _ReadAndMix on the CPU through
+# Triton's interpreter (test_model.py) and on the GPU (bench.py --mode=check).
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def _read_rows(Q, z, sq_bs, sq_h, sq_n, bs, h, n0, N, D: tl.constexpr, BLOCK: tl.constexpr):
+        """One row block of a segment-head: sigma(q) in fp32 and in the matmul dtype, the normaliser before
+        its floor, the row mask and the row offsets."""
+        rn = n0 + tl.arange(0, BLOCK)
+        rd = tl.arange(0, D)
+        rows = rn[:, None] < N
+        q = tl.load(Q + bs * sq_bs + h * sq_h + rn[:, None] * sq_n + rd[None, :], mask=rows, other=0.0).to(tl.float32)
+        s32 = tl.where(q > 0, q + 1.0, tl.exp(q))      # ELU + 1 (padded rows: q = 0 and dy = 0, they add nothing)
+        sq = s32.to(Q.dtype.element_ty)
+        raw = tl.sum(sq.to(tl.float32) * z[None, :], axis=1)
+        return s32, sq, raw, rows, rn, rd
+
+    @triton.jit
+    def _read_fwd_kernel(Q, Z, M, YD, G, Y, H, N, sq_bs, sq_h, sq_n, sd_bs, sd_h, sd_n, sy_bs, sy_h, sy_n,
+                         EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        bs, h = tl.program_id(1) // H, tl.program_id(1) % H
+        rd = tl.arange(0, D)
+        m = tl.load(M + tl.program_id(1) * D * D + rd[:, None] * D + rd[None, :])     # M_{s-1}, in q's dtype
+        z = tl.load(Z + tl.program_id(1) * D + rd)
+        s32, sq, raw, rows, rn, rd = _read_rows(Q, z, sq_bs, sq_h, sq_n, bs, h, tl.program_id(0) * BLOCK, N, D, BLOCK)
+        a = tl.dot(sq, m, input_precision=PREC) / tl.maximum(raw, EPS)[:, None]                      # eq. 7
+        g = tl.load(G + h)
+        yd = tl.load(YD + bs * sd_bs + h * sd_h + rn[:, None] * sd_n + rd[None, :], mask=rows, other=0.0)
+        y = g * a + (1.0 - g) * yd.to(tl.float32)                                                      # eq. 10
+        tl.store(Y + bs * sy_bs + h * sy_h + rn[:, None] * sy_n + rd[None, :], y.to(Y.dtype.element_ty), mask=rows)
+
+    @triton.jit
+    def _read_bwd_kernel(Q, Z, M, YD, G, DY, DQ, DYD, DM, DZ, DG, H, N, ROWS, sq_bs, sq_h, sq_n, sd_bs, sd_h,
+                         sd_n, sy_bs, sy_h, sy_n, sdq_bs, sdq_h, sdq_n, sdd_bs, sdd_h, sdd_n, EPS: tl.constexpr,
+                         D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """Rows [c ROWS, (c + 1) ROWS) of one segment-head (c = program_id(0)); dM, dz, dg of those rows go
+        to slot c of their outputs, summed over c afterwards (deterministic, unlike atomics)."""
+        c, bsh = tl.program_id(0), tl.program_id(1)
+        bs, h = bsh // H, bsh % H
+        rd = tl.arange(0, D)
+        m = tl.load(M + bsh * D * D + rd[:, None] * D + rd[None, :])
+        z = tl.load(Z + bsh * D + rd)
+        g = tl.load(G + h)
+        dm = tl.zeros((D, D), dtype=tl.float32)
+        dz = tl.zeros((D,), dtype=tl.float32)
+        dg = tl.zeros((BLOCK,), dtype=tl.float32)
+        for n0 in range(c * ROWS, tl.minimum(N, (c + 1) * ROWS), BLOCK):   # _ReadAndMix.backward's lines
+            s32, sq, raw, rows, rn, rd = _read_rows(Q, z, sq_bs, sq_h, sq_n, bs, h, n0, N, D, BLOCK)
+            den = tl.maximum(raw, EPS)
+            dy = tl.load(DY + bs * sy_bs + h * sy_h + rn[:, None] * sy_n + rd[None, :], mask=rows, other=0.0)
+            yd = tl.load(YD + bs * sd_bs + h * sd_h + rn[:, None] * sd_n + rd[None, :], mask=rows, other=0.0)
+            dy32 = dy.to(tl.float32)
+            gm = tl.dot(dy.to(m.dtype), tl.trans(m), input_precision=PREC)                          # dy M^T
+            dya = tl.sum(sq.to(tl.float32) * gm, axis=1) / den                                      # dy . A_mem
+            dden = tl.where(raw >= EPS, -g * dya / den, 0.0)
+            dsq = g * gm / den[:, None] + dden[:, None] * z[None, :]
+            dq = dsq * tl.minimum(s32, 1.0)                                                         # elu'
+            tl.store(DQ + bs * sdq_bs + h * sdq_h + rn[:, None] * sdq_n + rd[None, :], dq.to(DQ.dtype.element_ty),
+                     mask=rows)
+            tl.store(DYD + bs * sdd_bs + h * sdd_h + rn[:, None] * sdd_n + rd[None, :],
+                     ((1.0 - g) * dy32).to(DYD.dtype.element_ty), mask=rows)
+            w = (g * dy32 / den[:, None]).to(sq.dtype)
+            dm += tl.dot(tl.trans(sq), w, input_precision=PREC)
+            dz += tl.sum(dden[:, None] * sq.to(tl.float32), axis=0)
+            dg += dya - tl.sum(dy32 * yd.to(tl.float32), axis=1)
+        slot = c * tl.num_programs(1) + bsh
+        rd = tl.arange(0, D)
+        tl.store(DM + slot * D * D + rd[:, None] * D + rd[None, :], dm)
+        tl.store(DZ + slot * D + rd, dz)
+        tl.store(DG + slot, tl.sum(dg, axis=0))
+
+
+def _rows_view(t):
+    """(B, S, H, N, D) -> the same tensor as (B*S, H, N, D) with unit stride in D, and its three strides."""
+    t = t.flatten(0, 1)
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t, t.stride()[:3]
+
+
+def _precision(q):
+    """tl.dot's precision: fp32 inputs (the tests) get IEEE fp32 matmuls, not TF32."""
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _like_qkv(t):
+    """An empty (B, S, H, N, D) tensor laid out as (B, S, N, H, D), the layout of the qkv projection and of
+    the (B, T, C) tensor that y becomes: the transpose back is then free."""
+    B, S, H, N, D = t.shape
+    return t.new_empty(B, S, N, H, D).transpose(2, 3)
+
+
+class _ReadAndMixTriton(torch.autograd.Function):
+    """_ReadAndMix in two Triton kernels; the same inputs, outputs and gradients. M is cast to q's dtype
+    once (as _ReadAndMix casts it for its matmul). Forward: 128 rows a program. Backward: 256 rows a
+    program (4 programs a segment of 1024, so that B S H programs fill the GPU), 32 at a time."""
+
+    @staticmethod
+    def forward(ctx, q, M, z, y_dot, g):
+        B, S, H, N, D = q.shape
+        Mq, z, gh = M.to(q.dtype).contiguous(), z.contiguous(), g.reshape(H).contiguous()
+        y = _like_qkv(y_dot)
+        (q4, sq), (yd4, sd), (y4, sy) = _rows_view(q), _rows_view(y_dot), _rows_view(y)
+        _read_fwd_kernel[(triton.cdiv(N, 128), B * S * H)](
+            q4, z, Mq, yd4, gh, y4, H, N, *sq, *sd, *sy, EPS=EPS, D=D, BLOCK=128, PREC=_precision(q), num_warps=8)
+        ctx.save_for_backward(q, Mq, z, y_dot, g)
+        ctx.M_dtype = M.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, Mq, z, y_dot, g = ctx.saved_tensors
+        B, S, H, N, D = q.shape
+        chunks = triton.cdiv(N, 256)
+        dq, dyd = _like_qkv(q), torch.empty_like(y_dot)
+        dM = z.new_empty(chunks, B, S, H, D, D, dtype=ctx.M_dtype)
+        dz, dg = z.new_empty(chunks, B, S, H, D), z.new_empty(chunks, B * S, H)
+        (q4, sq), (yd4, sd), (dy4, sy) = _rows_view(q), _rows_view(y_dot), _rows_view(dy)
+        (dq4, sdq), (dyd4, sdd) = _rows_view(dq), _rows_view(dyd)
+        _read_bwd_kernel[(chunks, B * S * H)](
+            q4, z, Mq, yd4, g.reshape(H).contiguous(), dy4, dq4, dyd4, dM, dz, dg, H, N, 256, *sq, *sd, *sy,
+            *sdq, *sdd, EPS=EPS, D=D, BLOCK=32, PREC=_precision(q), num_warps=8)
+        return dq, dM.sum(0), dz.sum(0), dyd, dg.sum((0, 1)).view(g.shape)
+
+
+TRITON_READ = True   # False: memory_fast reads through _ReadAndMix on the GPU too (bench.py's "fasttorch")
+
+
+def _triton_read(q):
+    """Whether memory_fast reads through the Triton kernels: CUDA tensors in bf16/fp16/fp32, a head dim
+    tl.dot takes (16 ... 128, a power of two), and Triton installed (it comes with CUDA builds of torch)."""
+    D = q.shape[-1]
+    return (TRITON_READ and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and D >= 16 and D <= 128 and D & (D - 1) == 0)
+
+
 def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     """compressive_memory + the gate mix of eq. 10, from q, k before sigma: (y (B, S, H, N, D) in y_dot's
     dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype."""
@@ -277,6 +421,8 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
     # compiled, the partitioner would merge backward's recomputation of sigma(q) with forward's and save
     # it (in fp32); the checkpoint makes it recompute. Eager, the Function's own saves are already minimal.
+    if _triton_read(q):
+        return _ReadAndMixTriton.apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
     read = partial(ck, _ReadAndMix.apply) if torch.compiler.is_compiling() else _ReadAndMix.apply
     return read(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
 
