@@ -11,10 +11,9 @@ step, bf16 autocast, compiled per block (model.compile_model), the same global b
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
-Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default),
-"infini-linear-fast" (memory_fast, its read in the Triton kernels) or "infini-linear-fasttorch" (memory_fast
-with the PyTorch read, _ReadAndMix: what the Triton kernels replace); "infini-linear" means plain. check
-and stream run plain and fast. A variant that fails is recorded with its error and the run goes on.
+Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default)
+or "infini-linear-fast" (memory_fast); "infini-linear" means plain. check and stream run both. A variant
+that fails (e.g. to compile) is recorded with its error and the run goes on.
 """
 import argparse
 import json
@@ -23,7 +22,6 @@ import time
 
 import torch
 
-import model as model_py
 from model import Llama, compile_model, make_config
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 FLOP/s by datasheet
@@ -111,12 +109,14 @@ def train_throughput(args):
         print(f"{name:20s} {r['T']:6d} {r['batch']:3d} {r['tok_s']:9d} {ratio(r, full, 'tok_s'):7.2f} "
               f"{ratio(r, local, 'tok_s'):7.2f} {r['mfu'] or 0:6.3f} {r['peak_gb']:8.2f} "
               f"{ratio(r, local, 'peak_gb'):7.2f} {r['compile_s']:9.1f}")
+    for r in rows:
+        if "error" in r:
+            print(f"FAILED {r['attn']} {r['update'] or ''} {r['memory'] or ''} T={r['T']}: {r['error']}")
     return rows
 
 
 def train_one(args, T, attn, update, memory, variant):
     """One variant at one T: compile, warm up, time args.steps steps; the JSON row."""
-    model_py.TRITON_READ = memory != "fasttorch"
     torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
     torch.manual_seed(0)
     cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
@@ -223,8 +223,7 @@ def get_parser():
     p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384], help="training sequence lengths")
     p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear-plain", "infini-linear-fast",
                                                       "infini-delta-plain", "infini-delta-fast"],
-                   help="attention[-update[-plain|-fast|-fasttorch]] variants to time (plain = compressive_memory, fast = "
-                        "memory_fast, fasttorch = memory_fast without the Triton read)")
+                   help="attention[-update[-plain|-fast]] variants to time (plain = compressive_memory, fast = memory_fast)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")

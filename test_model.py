@@ -215,48 +215,6 @@ def test_memory_fast_under_torch_compile(update):
         assert rel_err(a, b) < 1e-5
 
 
-TRITON_CHECK = """
-import torch
-from model import _ReadAndMix, _ReadAndMixTriton
-def run(fn, args, dy):
-    leaves = [t.detach().clone().requires_grad_(True) for t in args]
-    y = fn.apply(*leaves)
-    y.backward(dy)
-    return [y.detach()] + [t.grad for t in leaves]
-worst = {}
-for dtype, (B, S, H, N, D) in [(torch.float32, (2, 3, 2, 40, 16)), (torch.float32, (1, 2, 3, 64, 32)),
-                               (torch.float32, (1, 2, 1, 300, 16)), (torch.float16, (1, 2, 2, 72, 32))]:
-    torch.manual_seed(N)
-    q = torch.randn(B, S, N, 3, H, D)[:, :, :, 0].transpose(2, 3).to(dtype)   # a strided view, as in Attention
-    M, z = 0.1 * torch.randn(B, S, H, D, D), 5 * torch.rand(B, S, H, D)
-    z[:, 0] = 0                                       # segment 0 reads an empty memory: the normaliser's floor
-    y_dot, dy = torch.randn(B, S, H, N, D).to(dtype), torch.randn(B, S, H, N, D).to(dtype)
-    args = [q, M, z, y_dot, torch.rand(1, 1, H, 1, 1)]
-    for a, b in zip(run(_ReadAndMixTriton, args, dy), run(_ReadAndMix, args, dy)):
-        assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-        err = ((a.double() - b.double()).norm() / b.double().norm()).item()
-        worst[dtype] = max(worst.get(dtype, 0.0), err)
-print(worst[torch.float32], worst[torch.float16])
-"""
-
-
-def test_triton_read_kernels_equal_read_and_mix():
-    # the GPU's fused read (_ReadAndMixTriton) against _ReadAndMix, forward and every gradient, on the CPU
-    # through Triton's interpreter (it must be switched on before triton.jit runs: a fresh process). Rows
-    # that fill no whole kernel block (40, 72, 300), two backward programs a segment-head (300) and an
-    # empty memory included; fp16 as the half-precision
-    # stand-in (the interpreter cannot do bf16 arithmetic); bf16 is checked on the GPU by bench.py --mode=check.
-    pytest.importorskip("triton")
-    import subprocess
-    import sys
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", TRITON_CHECK], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    fp32, fp16 = map(float, out.stdout.split())
-    assert fp32 < 1e-5 and fp16 < 3e-3, (fp32, fp16)
-
-
 def test_local_matches_reference():
     torch.manual_seed(1)
     attn = Attention(cfg_for(attn="local")).double()
