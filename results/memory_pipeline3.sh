@@ -25,6 +25,8 @@
 #   the full sweep (the local -> infini sweep was cut by the session's device time: its val_loss is logged).
 # part 4 (PART=next, the next session, a third machine, 18:03-18:21 in pipeline_next_log.txt: pretraining
 #   8.4 min, then the three fine-tunes side by side, 6-9.5 min each with their sweeps): see its comment.
+# part 5 (PART=seed FINAL_LENGTHS="2048 4096 8192 16384", the same session, a fourth machine, 18:44-18:56 in
+#   pipeline_seed_log.txt): part 4's --needle_last=0.25 rung again with fine-tuning seed 1.
 # The script was tidied after the runs (part 3 was an inline device command, the same steps; the logs'
 # passkey summaries then printed only the first three lengths of each table); every rung's flags are those
 # recorded in the "args" row of its finetune_*.jsonl. The figures:
@@ -100,6 +102,13 @@ if [ "${PART:-}" = next ]; then
   ( final r3b_local2infini local --attn=infini && sweep r3b_local2infini 1024 r3b_local2infini_at1024 $L6 ) &
   final r3b_full full &
   wait; say "done (next)"; exit 0
+fi
+if [ "${PART:-}" = seed ]; then
+  # part 5 (FINAL_LENGTHS="2048 4096 8192 16384"): did --needle_last cost the long lengths, or did its seed?
+  # The same run again with another fine-tuning seed (the pretraining is seeded as before), one machine.
+  pretrain infini
+  final r3c_infini_last_seed1 infini --needle_last=0.25 --seed=1
+  say "done (seed)"; exit 0
 fi
 if [ "${PART:-}" = final ]; then
   ( sweep infini_count 128 r3_infini_seg128 $L6; sweep infini_count 1024 r3_infini_seg1024 $L6 ) &
