@@ -12,8 +12,8 @@ tokens per step at every T (batch = tokens / T). Warm-up steps (compilation incl
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
 Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default)
-or "infini-linear-fast" (memory_fast); "infini-linear" means plain. check and stream run both. A variant
-that fails (e.g. to compile) is recorded with its error and the run goes on.
+or "infini-linear-fast" (memory_fast); "infini-linear" means plain. check and stream run both. In train
+mode a variant that fails (e.g. to compile) is recorded with its error and the run goes on.
 """
 import argparse
 import json
@@ -93,7 +93,7 @@ def train_throughput(args):
                 row = train_one(args, T, attn, update, memory, variant)
             except Exception as e:                              # e.g. a compile failure: keep the other rows
                 row = dict(attn=attn, update=update or None, memory=memory, T=T, error=f"{type(e).__name__}: {e}"[:500])
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()                            # (after the except: its traceback held the model)
             print(json.dumps(row), flush=True)
             rows.append(row)
             write_rows(path, rows)
@@ -157,7 +157,10 @@ def train_one(args, T, attn, update, memory, variant):
                peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                compile_s=round(compile_s, 1), step_ms=round(dt * 1e3, 1), loss=round(loss.item(), 3))
     if (variant, T) == (args.profile, args.profile_T):
-        profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
+        try:
+            profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
+        except Exception as e:                                  # the timed row stands without its profile
+            row["profile_error"] = f"{type(e).__name__}: {e}"[:500]
     del model, opt, data
     torch.cuda.empty_cache()
     return row
@@ -241,6 +244,11 @@ def get_parser():
 
 if __name__ == "__main__":
     args = get_parser().parse_args()
+    for v in args.variants:
+        attn, update, memory = (v.split("-") + [None, None])[:3]
+        if attn not in ("full", "local", "infini") or update not in (None, "linear", "delta") \
+                or memory not in (None, "plain", "fast") or (attn != "infini" and (update or memory)):
+            raise SystemExit(f"error: unknown variant {v!r}: full, local or infini-<linear|delta>[-plain|-fast]")
     if not torch.cuda.is_available():
         raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
     args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")

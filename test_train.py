@@ -322,6 +322,13 @@ def test_help_shows_defaults_and_no_prefix_matching():
         train.get_parser().parse_args(["--step=10"])
 
 
+def test_bench_unknown_variant_one_line():
+    # checked before anything else, so a typo costs no GPU time (and never silently runs another path)
+    r = run("bench.py", "--mode=train", "--variants", "local", "infini-linear-fasttorch")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: unknown variant 'infini-linear-fasttorch'"), r.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_one_line(shards, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU; pass --device=cpu"):

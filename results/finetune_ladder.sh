@@ -5,8 +5,9 @@
 #   bash results/finetune_ladder.sh NAME INIT [finetune.py flags that differ from the base recipe]
 #
 # writes $RES/finetune_NAME.jsonl and $RES/passkey_NAME_finetuned.json. INIT is infini | local | full
-# ($RUNS/INIT/ckpt.pt). The base recipe is reproduce_small.sh's evaluate stage (300 steps of 16 x 4096
-# tokens, packed rows, loss on every token, lr 7.5e-4, beta lr 1.5e-4), run eager unless COMPILE=1 (a curriculum
+# ($RUNS/INIT/ckpt.pt). The base recipe is round 1's (P1's scaled down, reproduce_small.sh's evaluate
+# stage until round 3: 300 steps of 16 x 4096 tokens, packed rows, loss on every token, lr 7.5e-4, beta lr
+# 1.5e-4; evaluate now passes round 3's flags on top of it), run eager unless COMPILE=1 (a curriculum
 # changes the row shape, so each stage compiles anew. Measured on the H100, rows of 2048 four at a time:
 # eager ~120K tok/s, compiled 260-320K; eager rows of 4096, ~240K; pretraining, compiled, 4 x 8192, 704K). The device calls made (round 1; round 2: results/memory_pipeline2.sh):
 #   WHICH="infini local" RES=$OUT bash results/reproduce_small.sh pretrain

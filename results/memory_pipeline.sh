@@ -20,7 +20,9 @@ ladder() { say "rung $1: ${*:3}"; bash results/finetune_ladder.sh "$@" || say "r
 
 say "pretrain infini, local"
 WHICH="infini local" bash results/reproduce_small.sh pretrain
-# the ladder, one change per rung (base: reproduce_small.sh's fine-tune: packed rows, loss on all tokens)
+# the ladder, one change per rung (base: reproduce_small.sh's fine-tune as it was then, finetune_ladder.sh's
+# base recipe: packed rows, loss on all tokens; the passkey JSONs of the last rung's four models are now in
+# results/small/ladder)
 ladder infini_packed infini
 ladder infini_rows infini --pack=0
 ladder infini_curric infini --pack=0 --curriculum=1024,2048

@@ -16,7 +16,8 @@
 #    control without --needle=memory; passkey at 2K/4K/16K;
 # 3. the best rung by the issue's score (mean over depths 0-75 at 4K and 16K), if any scores above 0, gets the
 #    full passkey sweep, and local, local -> infini and full are fine-tuned with its flags and swept too (names
-#    r2_*, in res/ladder2: round 1's files in results/small keep their names).
+#    r2_*, in res/ladder2: round 1's files in results/small keep their names; round 3 later moved them to
+#    results/small/ladder).
 # The committed results (results/small/ladder2, results/recall_h100.json's last 8 rows) came from two machines:
 #   1. the command above. Its first start ran out of GPU memory (the recall sweep then ran beside the three
 #      pretrainings) and lost infini's; after local and full had finished it was started again with

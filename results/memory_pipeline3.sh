@@ -34,8 +34,8 @@
 #     passkey_r3_local_finetuned.json passkey_r3_infini_seg1024_finetuned.json --labels infini local \
 #     "infini read at 1024" --out passkey_r3.png
 #   python ../../../plots.py passkey --json passkey_r3b_infini_last_finetuned.json \
-#     passkey_r3b_local2infini_at1024_finetuned.json passkey_r3b_infini_last_at1024_finetuned.json --labels \
-#     "infini, needle_last 0.25" "local -> infini read at 1024" "infini needle_last read at 1024" --out passkey_r3b.png
+#     passkey_r3b_infini_last_at1024_finetuned.json passkey_r3b_local2infini_at1024_finetuned.json --labels \
+#     "infini, needle_last 0.25" "the same read at 1024" "local -> infini read at 1024" --out passkey_r3b.png
 # Results (JSON, logs) accumulate in /tmp/pipe/res/ladder3 (committed: results/small/ladder3); checkpoints in
 # /tmp/pipe/runs. A CPU dry run of the plumbing (part 1; then PART=count PRETRAIN=infini, then PART=final):
 #   MODEL=tiny STEPS=4 SEQ=512 SEG=128 COMPILE=0 DEVICE=cpu DTYPE=float32 EVAL_TOKENS=1024 SAMPLES=1 \

@@ -15,7 +15,12 @@
 # segment. The committed results/small/{finetune,passkey}_*_finetuned files are those steps' output as run by
 # results/memory_pipeline3.sh (infini and local on one machine, local2infini and full on another; each
 # machine pretrained its models again with `pretrain`; 6-9 min a fine-tune with its sweep, two or three
-# side by side on one H100).
+# side by side on one H100). A device call runs 10 min and a machine is held 30, and the checkpoints live
+# only as long as the machine: so, as the pipelines do, start the stages in the background and poll, e.g.
+#   (setsid nohup bash -c 'bash results/reproduce_small.sh pretrain; for a in infini local local2infini full;
+#    do WHICH=$a bash results/reproduce_small.sh evaluate > /tmp/eval_$a.txt 2>&1 & done; wait' > /tmp/log.txt 2>&1 &)
+# (~10 min for the three pretrainings, then ~12 min for the four fine-tunes side by side: estimated from the
+# runs above, this exact command was not run).
 # Round 1's recipe (P1's, scaled: 300 steps of 16 x 4096 packed rows, segment 1024; the memory learnt
 # nothing) is finetune_ladder.sh's base recipe: `bash results/finetune_ladder.sh NAME INIT`; its results are
 # in results/small/v1 (the first run), results/small/ladder and results/small/ft900 (900 steps).
