@@ -9,6 +9,8 @@ Real text as the haystack instead of P2's repeated sentences, or nanotron-style 
     python finetune.py --init=out/ckpt.pt --filler=shards --data_dir=data/fineweb10B
     python finetune.py --init=out/ckpt.pt --parquet=needle_train.parquet
 Then evaluate with passkey.py --ckpt=out/finetune/ckpt.pt. Resume: the same command plus --resume=1.
+On a laptop (CPU), after train.py's laptop line (about a minute on 2 cores; the default recipe is hours there):
+    python finetune.py --init=out/laptop/ckpt.pt --device=cpu --dtype=float32 --seq_len=512 --batch_size=2 --grad_accum=1 --steps=30 --warmup=5 --lr=1e-3 --min_lr=1e-4 --eval_tokens=2048 --out_dir=out/laptop_ft
 
 Each training row is seq_len tokens packed with samples separated by <|endoftext|>: P2's template
 (passkey.make_sample) of a random length in [--min_len, seq_len] (the last one fills the row), the needle
@@ -30,6 +32,7 @@ README part 4) only with short memories first: --segment=128 --pack=0 --needle=m
 --curriculum=256,512,1024, 256 answers a step at the first stage (--batch_size=8 --grad_accum=4), 1000 steps.
 """
 import os
+import sys
 
 import numpy as np
 import torch
@@ -50,7 +53,8 @@ def get_parser():
       "or on the answer tokens only")
     a("--filler", default="p2", choices=("p2", "shards"), help="haystack: P2's repeated sentences, or random "
       "windows of real text from the train shards in --data_dir")
-    a("--min_len", type=int, default=256, help="shortest generated sample, in tokens (packed rows)")
+    a("--min_len", type=int, default=None, help="shortest generated sample, in tokens (packed rows); "
+                                                 "default min(256, --seq_len)")
     a("--pack", type=int, default=1, choices=(0, 1), help="1: pack samples of random lengths into each row, "
       "the memory carried across them (nanotron); 0: one sample per row, exactly the row's length, so the "
       "memory holds one key")
@@ -208,7 +212,13 @@ def main(argv=None):
     args.attn, args.segment, args.update, args.gate, args.vocab_size = cfg.attn, cfg.segment, cfg.update, cfg.gate, cfg.vocab_size
     converted = src["config"]["attn"] != cfg.attn       # local/full -> infini: the gates are new
     train.check_args(args)
-    if not 100 <= args.min_len <= args.seq_len:  # the passkey template alone is ~70 tokens
+    if args.seq_len < 100:                          # the passkey template alone is ~70 tokens
+        raise SystemExit(f"error: --seq_len ({args.seq_len}) must be at least 100: a passkey sample needs ~70 tokens")
+    args.min_len = min(256, args.seq_len) if args.min_len is None else args.min_len
+    if args.device == "cpu" and args.batch_size * args.grad_accum * args.seq_len > 65536:
+        print(f"warning: {args.batch_size * args.grad_accum * args.seq_len:,} tokens a step take minutes per step on "
+              "the CPU; for a quick CPU run use the laptop line of --help", file=sys.stderr, flush=True)
+    if not 100 <= args.min_len <= args.seq_len:
         raise SystemExit(f"error: --min_len must be in [100, --seq_len ({args.seq_len})]")
     stages = train.parse_curriculum(args.curriculum, args.seq_len, "row lengths")
     shortest = args.min_len if args.pack else 100

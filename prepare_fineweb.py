@@ -42,9 +42,14 @@ def gpt2_encoding():
             return tiktoken.get_encoding(name)
         except Exception:
             continue
+    cache, r50k = os.environ.get("TIKTOKEN_CACHE_DIR"), "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
+    if cache and not os.path.isfile(os.path.join(cache, r50k)):
+        what = "holds no" if os.path.isdir(cache) else "is not a folder, so it holds no"
+        raise SystemExit(f"error: cannot load the GPT-2 BPE vocabulary offline: TIKTOKEN_CACHE_DIR={cache} {what} "
+                         f"file {r50k} (tiktoken's cached r50k_base); point it at a folder that does")
     raise SystemExit("error: cannot load the GPT-2 BPE vocabulary (tiktoken needs the network to fetch it). "
                      "Offline, set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached r50k_base file "
-                     "(file name 0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4, copied from a machine with network)")
+                     f"(file name {r50k}, copied from a machine with network)")
 
 # -----------------------------------------------------------------------------
 # the shard format

@@ -16,14 +16,14 @@ from model import Llama, make_config
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("INFINI_SHARED", os.path.join(REPO, "..", "shared"))
-CACHE = os.path.join(SHARED, "data", "tiktoken_cache")
+CACHE = os.environ.get("TIKTOKEN_CACHE_DIR") or os.path.join(SHARED, "data", "tiktoken_cache")
 R50K = os.path.join(CACHE, "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4")   # tiktoken's cache name for r50k_base
 
 
 @pytest.fixture(scope="module")
 def enc():
     if not os.path.isfile(R50K):
-        pytest.skip(f"GPT-2 BPE not found offline at {R50K} (set INFINI_SHARED to the shared folder)")
+        pytest.skip(f"GPT-2 BPE not found offline at {R50K} (set TIKTOKEN_CACHE_DIR, or INFINI_SHARED to the shared folder)")
     os.environ["TIKTOKEN_CACHE_DIR"] = CACHE
     from prepare_fineweb import gpt2_encoding
     return gpt2_encoding()

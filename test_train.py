@@ -22,7 +22,8 @@ from model import Llama, LlamaConfig
 from prepare_fineweb import load_shard, write_shard
 
 REPO = os.path.dirname(os.path.abspath(__file__))
-TIKTOKEN_CACHE = os.path.join(os.environ.get("INFINI_SHARED", os.path.join(REPO, "..", "shared")), "data", "tiktoken_cache")
+TIKTOKEN_CACHE = os.environ.get("TIKTOKEN_CACHE_DIR") or os.path.join(
+    os.environ.get("INFINI_SHARED", os.path.join(REPO, "..", "shared")), "data", "tiktoken_cache")
 needs_tokenizer = pytest.mark.skipif(not os.path.isdir(TIKTOKEN_CACHE), reason=f"no tiktoken cache at {TIKTOKEN_CACHE}")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TIKTOKEN_CACHE_DIR": TIKTOKEN_CACHE}
 VOCAB = 64
@@ -320,6 +321,34 @@ def test_help_shows_defaults_and_no_prefix_matching():
             assert a.help or not a.option_strings, (p.prog, a.dest)
     with pytest.raises(SystemExit):  # --step is not taken as --steps
         train.get_parser().parse_args(["--step=10"])
+
+
+def test_laptop_finetune_line_is_the_same_in_readme_and_help():
+    """finetune.py's CPU line (after train.py's laptop line): in its --help and the README, small enough
+    not to trigger the CPU warning (the default recipe takes hours on a laptop)."""
+    import finetune
+    line = [l.strip() for l in finetune.__doc__.splitlines() if "--device=cpu" in l]
+    assert len(line) == 1 and line[0] in open(os.path.join(REPO, "README.md")).read()
+    args = finetune.get_parser().parse_args(line[0].split()[2:])
+    assert args.init == "out/laptop/ckpt.pt" and args.device == "cpu" and args.steps <= 50
+    assert args.batch_size * args.grad_accum * args.seq_len <= 65536 and args.warmup < args.steps // 4
+
+
+def test_bad_segment_and_short_finetune_rows_one_line(pretrained, tmp_path):
+    # --segment=0 used to reach a modulo before its check; --seq_len below a passkey sample's length used to
+    # blame --min_len, a flag not given
+    r = run("train.py", "--model=tiny", "--device=cpu", "--segment=0", f"--data_dir={tmp_path}", f"--out_dir={tmp_path}/o")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "error: --segment must be a positive integer" in r.stderr
+    r = run("finetune.py", f"--init={pretrained[0]}", "--device=cpu", "--seq_len=64", f"--out_dir={tmp_path}/f")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "error: --seq_len (64) must be at least 100" in r.stderr
+
+
+def test_tokenizer_error_names_a_wrong_cache_dir(tmp_path):
+    code = "import prepare_fineweb; prepare_fineweb.gpt2_encoding()"
+    for cache, says in [(tmp_path / "nowhere", "is not a folder"), (tmp_path, "holds no file")]:
+        env = {**ENV, "TIKTOKEN_CACHE_DIR": str(cache)}
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "Traceback" not in r.stderr and says in r.stderr, r.stderr
 
 
 def test_bench_unknown_variant_one_line():

@@ -134,6 +134,8 @@ def check_args(args):
     if args.grad_accum % world:
         raise SystemExit(f"error: --grad_accum ({args.grad_accum}) must be a multiple of the number of processes ({world}); "
                          f"e.g. --grad_accum={world} --batch_size={max(1, args.batch_size // world)}")
+    if args.segment <= 0:                                  # before it divides anything below
+        raise SystemExit(f"error: --segment must be a positive integer, got {args.segment}")
     if args.attn != "full" and args.seq_len % args.segment:
         raise SystemExit(f"error: --seq_len ({args.seq_len}) must be a multiple of --segment ({args.segment}): the model "
                          "accepts a short last segment, but the study's recipe trains on whole segments")
