@@ -115,8 +115,11 @@ def plot_loss(logs, labels, out, title="loss"):
         va = [(r["step"], r["val_loss"]) for r in rows if "step" in r and "val_loss" in r]
         if tr:
             ax.plot(*zip(*tr), color=c, lw=1, alpha=0.8, label=f"{label} train")
+        # finetune.py logs (their args name an --init) validate on the answer tokens only, not on all tokens
+        answers = any("init" in r.get("args", {}) for r in rows if isinstance(r.get("args"), dict))
         if va:
-            ax.plot(*zip(*va), color=c, ls="none", marker="o", ms=5, mec="black", label=f"{label} val")
+            ax.plot(*zip(*va), color=c, ls="none", marker="^" if answers else "o", ms=5, mec="black",
+                    label=f"{label} val" + (" (answer tokens)" if answers else ""))
         plotted |= bool(tr or va)
     if not plotted:
         raise SystemExit("error: no rows with 'step' and 'loss' or 'val_loss' in the logs")

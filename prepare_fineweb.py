@@ -215,12 +215,12 @@ def main(argv=None):
     if max_tokens:
         val_tokens = max(1, min(val_tokens, max_tokens // 10))  # a small run keeps 90% for training
 
-    os.makedirs(args.out_dir, exist_ok=True)
     existing = glob.glob(os.path.join(args.out_dir, f"{args.prefix}_*.bin"))
     if existing and not args.force:
         raise SystemExit(f"error: {args.out_dir} already holds {len(existing)} shard(s); pass --force=1 to rewrite them")
     _init_worker()  # fail fast, in this process, with gpt2_encoding()'s one-line message
     texts = local_texts(expand_inputs(args.input)) if args.input else hub_texts(args.dataset, args.name)
+    os.makedirs(args.out_dir, exist_ok=True)   # only now: a run stopped by a bad input leaves no empty folder
     for f in existing:  # --force: stale higher-numbered shards must not survive next to the new ones
         os.remove(f)
     pool = None

@@ -351,6 +351,18 @@ def test_plots_from_logs_and_results(tmp_path):
     assert g.shape == (3, 4) and step == 19
 
 
+def test_loss_plot_names_answer_token_validation(tmp_path, monkeypatch):
+    # finetune.py's val_loss is on the answer tokens only: its legend says so, pretraining's does not
+    import plots
+    figs = []
+    monkeypatch.setattr(plots, "save", lambda fig, out: figs.append(fig))
+    rows = [{"step": s, "loss": 5.0 - s / 10, "val_loss": 5.1 - s / 10} for s in range(3)]
+    logs = [[{"args": {"lr": 1e-3}}] + rows, [{"args": {"init": "out/ckpt.pt"}}] + rows]
+    plots.plot_loss(logs, ["pretrain", "finetune"], "x.png")
+    labels = [t.get_text() for t in figs[0].axes[0].get_legend().get_texts()]
+    assert labels == ["pretrain train", "pretrain val", "finetune train", "finetune val (answer tokens)"]
+
+
 def test_plot_gates_from_checkpoint(tmp_path):
     import dataclasses
     import plots

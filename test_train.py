@@ -349,6 +349,12 @@ def test_tokenizer_error_names_a_wrong_cache_dir(tmp_path):
         env = {**ENV, "TIKTOKEN_CACHE_DIR": str(cache)}
         r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and "Traceback" not in r.stderr and says in r.stderr, r.stderr
+    # prepare_fineweb.py stops there too, and leaves no empty --out_dir behind
+    (tmp_path / "a.txt").write_text("some text")
+    r = subprocess.run([sys.executable, "prepare_fineweb.py", "--input", str(tmp_path / "a.txt"), "--out_dir",
+                        str(tmp_path / "shards")], cwd=REPO, env={**ENV, "TIKTOKEN_CACHE_DIR": str(tmp_path / "nowhere")},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "is not a folder" in r.stderr and not (tmp_path / "shards").exists(), r.stderr
 
 
 def test_bench_unknown_variant_one_line():
