@@ -87,8 +87,7 @@ def train_throughput(args):
     rows, path = [], os.path.join(args.out_dir, f"bench_{args.tag}.json")
     for T in args.Ts:
         for variant in args.variants:
-            attn, update, memory = (variant.split("-") + [None, None])[:3]
-            memory = (memory or "plain") if attn == "infini" else None
+            attn, update, memory = parse_variant(variant)
             try:
                 row = train_one(args, T, attn, update, memory, variant)
             except Exception as e:                              # e.g. a compile failure: keep the other rows
@@ -113,6 +112,16 @@ def train_throughput(args):
         if "error" in r:
             print(f"FAILED {r['attn']} {r['update'] or ''} {r['memory'] or ''} T={r['T']}: {r['error']}")
     return rows
+
+
+def parse_variant(v):
+    """"infini-linear-fast" -> ("infini", "linear", "fast"); the memory path defaults to plain for infini.
+    A name that is none of the variants exits with one line (checked before any GPU work)."""
+    attn, update, memory = (v.split("-") + [None, None])[:3]
+    if attn not in ("full", "local", "infini") or update not in (None, "linear", "delta") \
+            or memory not in (None, "plain", "fast") or (attn != "infini" and (update or memory)):
+        raise SystemExit(f"error: unknown variant {v!r}: full, local or infini-<linear|delta>[-plain|-fast]")
+    return attn, update, (memory or "plain") if attn == "infini" else None
 
 
 def train_one(args, T, attn, update, memory, variant):
@@ -245,10 +254,7 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     for v in args.variants:
-        attn, update, memory = (v.split("-") + [None, None])[:3]
-        if attn not in ("full", "local", "infini") or update not in (None, "linear", "delta") \
-                or memory not in (None, "plain", "fast") or (attn != "infini" and (update or memory)):
-            raise SystemExit(f"error: unknown variant {v!r}: full, local or infini-<linear|delta>[-plain|-fast]")
+        parse_variant(v)
     if not torch.cuda.is_available():
         raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
     args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")

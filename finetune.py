@@ -215,9 +215,6 @@ def main(argv=None):
     if args.seq_len < 100:                          # the passkey template alone is ~70 tokens
         raise SystemExit(f"error: --seq_len ({args.seq_len}) must be at least 100: a passkey sample needs ~70 tokens")
     args.min_len = min(256, args.seq_len) if args.min_len is None else args.min_len
-    if args.device == "cpu" and args.batch_size * args.grad_accum * args.seq_len > 65536:
-        print(f"warning: {args.batch_size * args.grad_accum * args.seq_len:,} tokens a step take minutes per step on "
-              "the CPU; for a quick CPU run use the laptop line of --help", file=sys.stderr, flush=True)
     if not 100 <= args.min_len <= args.seq_len:
         raise SystemExit(f"error: --min_len must be in [100, --seq_len ({args.seq_len})]")
     stages = train.parse_curriculum(args.curriculum, args.seq_len, "row lengths")
@@ -236,6 +233,9 @@ def main(argv=None):
         past = cfg.segment
     if not 0.0 <= args.needle_last < 1.0 or (args.needle_last and args.needle != "memory"):
         raise SystemExit("error: --needle_last is a fraction in [0, 1), used with --needle=memory")
+    if args.device == "cpu" and args.batch_size * args.grad_accum * args.seq_len > 65536:   # flags all valid
+        print(f"warning: {args.batch_size * args.grad_accum * args.seq_len:,} tokens a step take minutes per step on "
+              "the CPU; for a quick CPU run use the laptop line of --help", file=sys.stderr, flush=True)
     enc = gpt2_encoding()
     if cfg.vocab_size < enc.n_vocab:
         raise SystemExit(f"error: {src_path} has a vocabulary of {cfg.vocab_size}, smaller than GPT-2's {enc.n_vocab}")

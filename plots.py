@@ -116,7 +116,7 @@ def plot_loss(logs, labels, out, title="loss"):
         if tr:
             ax.plot(*zip(*tr), color=c, lw=1, alpha=0.8, label=f"{label} train")
         # finetune.py logs (their args name an --init) validate on the answer tokens only, not on all tokens
-        answers = any("init" in r.get("args", {}) for r in rows if isinstance(r.get("args"), dict))
+        answers = any(isinstance(r.get("args"), dict) and "init" in r["args"] for r in rows)
         if va:
             ax.plot(*zip(*va), color=c, ls="none", marker="^" if answers else "o", ms=5, mec="black",
                     label=f"{label} val" + (" (answer tokens)" if answers else ""))
