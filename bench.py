@@ -4,6 +4,7 @@ GPU measurements, each a mode of this one script so a single device call can run
   python bench.py --mode=check    # the layer (bf16 autocast, GPU) vs the float64 reference of test_model.py
   python bench.py --mode=train    # training tokens/s, MFU, peak memory: full / local / infini-linear / infini-delta
   python bench.py --mode=stream   # prefill in streaming mode: peak memory and tokens/s, 8K .. 1M tokens
+  python bench.py --mode=layer    # one compiled block, forward + backward: time, saved memory, every kernel
   python bench.py --mode=check,train,stream --out_dir=results
 
 Training throughput: synthetic tokens (random, not zeros), forward + backward + clip + fused AdamW
@@ -11,17 +12,20 @@ step, bf16 autocast, compiled per block (model.compile_model), the same global b
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
-Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default)
-or "infini-linear-fast" (memory_fast); "infini-linear" means plain. check and stream run both. In train
-mode a variant that fails (e.g. to compile) is recorded with its error and the run goes on.
+Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default),
+"infini-linear-fast" (memory_fast with its Triton kernels) or "infini-linear-torch" (memory_fast in PyTorch
+only); "infini-linear" means plain. check and stream run plain and fast. In train and layer modes a variant
+that fails (e.g. to compile) is recorded with its error (train) and the run goes on.
 """
 import argparse
 import json
+import logging
 import os
 import time
 
 import torch
 
+import model as model_py
 from model import Llama, compile_model, make_config
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 FLOP/s by datasheet
@@ -119,8 +123,8 @@ def parse_variant(v):
     A name that is none of the variants exits with one line (checked before any GPU work)."""
     attn, update, memory = (v.split("-") + [None, None])[:3]
     if attn not in ("full", "local", "infini") or update not in (None, "linear", "delta") \
-            or memory not in (None, "plain", "fast") or (attn != "infini" and (update or memory)):
-        raise SystemExit(f"error: unknown variant {v!r}: full, local or infini-<linear|delta>[-plain|-fast]")
+            or memory not in (None, "plain", "fast", "torch") or (attn != "infini" and (update or memory)):
+        raise SystemExit(f"error: unknown variant {v!r}: full, local or infini-<linear|delta>[-plain|-fast|-torch]")
     return attn, update, (memory or "plain") if attn == "infini" else None
 
 
@@ -129,7 +133,8 @@ def train_one(args, T, attn, update, memory, variant):
     torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
     torch.manual_seed(0)
     cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
-                      fast_memory=memory != "plain")
+                      fast_memory=memory not in (None, "plain"))
+    model_py.TRITON_KERNELS = memory != "torch"
     model = Llama(cfg).cuda()
     opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
     if args.compile:
@@ -226,10 +231,116 @@ def stream(args):
     return rows
 
 
+def layer(args):
+    """One 300m Block (attention + MLP, as one layer of training), compiled as compile_model compiles it:
+    forward + backward under bf16 autocast with an fp32 residual input, as in the model. Reports the
+    median time of --layer_iters iterations, the activation memory one forward keeps for the backward,
+    and every CUDA kernel of one iteration (name, microseconds, launches), so variants can be diffed
+    kernel by kernel against local attention in the same run."""
+    rows, path = [], os.path.join(args.out_dir, f"layer_{args.tag}.json")
+    os.makedirs(args.out_dir, exist_ok=True)
+    for T in args.Ts:
+        for variant in args.variants:
+            if parse_variant(variant)[0] == "full":
+                continue
+            try:
+                row = layer_one(args, T, variant)
+            except Exception as e:                              # keep the other rows
+                row = dict(variant=variant, T=T, error=f"{type(e).__name__}: {e}"[:500])
+            torch.cuda.empty_cache()
+            print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
+            rows.append(row)
+            write_rows(path, rows)
+    rows_ok = [r for r in rows if "error" not in r]
+    local = {r["T"]: r for r in rows_ok if r["variant"] == "local"}
+    print(f"\n{'variant':24s} {'T':>6s} {'ms':>7s} {'+ms':>7s} {'x local':>7s} {'saved GB':>8s} {'peak GB':>8s} {'kernels':>7s}")
+    for r in rows_ok:
+        ref = local.get(r["T"])
+        print(f"{r['variant']:24s} {r['T']:6d} {r['ms']:7.3f} {r['ms'] - ref['ms'] if ref else 0:7.3f} "
+              f"{ref['ms'] / r['ms'] if ref else float('nan'):7.3f} {r['saved_gb']:8.3f} {r['peak_gb']:8.3f} {r['n_kernels']:7d}")
+    for r in rows:
+        if "error" in r:
+            print(f"FAILED {r['variant']} T={r['T']}: {r['error']}")
+    return rows
+
+
+def layer_one(args, T, variant):
+    """One variant of layer mode at one T: the JSON row."""
+    from model import Block, rope_cos_sin
+    attn, update, memory = parse_variant(variant)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
+                      fast_memory=memory not in (None, "plain"))
+    model_py.TRITON_KERNELS = memory != "torch"
+    block = Block(cfg).cuda()
+    if attn == "infini":
+        with torch.no_grad():
+            block.attn.beta.normal_(0, 1.0)
+    if args.compile:
+        block.compile()
+    code_log = None
+    if args.dump_code:                    # inductor's generated code of this variant, for reading the kernels
+        torch._logging.set_logs(output_code=True)
+        code_log = logging.FileHandler(os.path.join(args.out_dir, f"code_{variant}_{T}.txt"), mode="w")
+        logging.getLogger("torch._inductor.codecache.__output_code").addHandler(code_log)
+    B = args.tokens // T
+    x = torch.randn(B, T, cfg.n_embd, device="cuda", requires_grad=True)
+    dy = torch.randn(B, T, cfg.n_embd, device="cuda")
+    cos, sin = rope_cos_sin(cfg.segment, cfg.head_dim, cfg.rope_theta, "cuda", torch.float32)
+
+    def fwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return block(x, cos, sin)[0]
+
+    def fb():
+        fwd().backward(dy)
+        x.grad = None
+        for p in block.parameters():
+            p.grad = None
+
+    for _ in range(3):
+        fb()
+    torch.cuda.synchronize()
+    if code_log is not None:
+        logging.getLogger("torch._inductor.codecache.__output_code").removeHandler(code_log)
+        code_log.close()
+        torch._logging.set_logs()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fwd()
+    saved_gb = (torch.cuda.memory_allocated() - base) / 2**30     # what the forward keeps for backward
+    out.backward(dy)
+    peak_gb = (torch.cuda.max_memory_allocated() - base) / 2**30
+    del out
+    fb()
+    times = []                                   # back to back, as in training: 5 runs of layer_iters
+    for _ in range(5):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(args.layer_iters):
+            fb()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / args.layer_iters)
+    times.sort()
+    from torch.profiler import ProfilerActivity
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fb()
+        torch.cuda.synchronize()
+    kern = sorted(((k.key, k.device_time_total / 5, k.count // 5) for k in prof.key_averages()
+                   if k.device_time_total > 0), key=lambda t: -t[1])
+    return dict(variant=variant, T=T, batch=B, ms=round(times[len(times) // 2], 4), ms_min=round(times[0], 4),
+                saved_gb=round(saved_gb, 3), peak_gb=round(peak_gb, 3),
+                kernel_us=round(sum(t[1] for t in kern), 1), n_kernels=sum(t[2] for t in kern),
+                kernels=[[n, round(us, 1), c] for n, us, c in kern])
+
+
 def get_parser():
     from prepare_fineweb import HelpFormatter
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
-    p.add_argument("--mode", default="check,train,stream", help="comma-separated: check, train, stream")
+    p.add_argument("--mode", default="check,train,stream", help="comma-separated: check, train, stream, layer")
     p.add_argument("--model", default="300m", help="size preset (model.py)")
     p.add_argument("--segment", type=int, default=1024, help="segment length of local / infini")
     p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384], help="training sequence lengths")
@@ -242,6 +353,8 @@ def get_parser():
     p.add_argument("--compile", type=int, default=1, help="1 = torch.compile each block")
     p.add_argument("--profile", default="infini-linear-fast", help="variant to profile (kernel table), or none")
     p.add_argument("--profile_T", type=int, default=8192, help="sequence length of the profile")
+    p.add_argument("--layer_iters", type=int, default=30, help="timed forward + backward passes of one block (layer mode)")
+    p.add_argument("--dump_code", type=int, default=0, help="1 = layer mode writes inductor's code per variant")
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 131072, 1048576],
                    help="streaming prompt lengths")
     p.add_argument("--chunk", type=int, default=8192, help="streaming chunk, a multiple of the segment")
@@ -263,6 +376,6 @@ if __name__ == "__main__":
     print(f"{gpu_name()} | torch {torch.__version__}", flush=True)
     out = {}
     for mode in args.mode.split(","):
-        out[mode] = {"check": check, "train": train_throughput, "stream": stream}[mode](args)
+        out[mode] = {"check": check, "train": train_throughput, "stream": stream, "layer": layer}[mode](args)
     if "check" in out:
         write_rows(os.path.join(args.out_dir, f"check_{args.tag}.json"), out["check"])

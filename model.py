@@ -11,7 +11,6 @@ Compressive Memory" (arXiv 2512.23862). Sources for every number are cited where
 Shapes: B batch, T tokens, C = n_embd, H heads, D head dim, N segment length, S segments.
 """
 import math
-from functools import partial
 from dataclasses import dataclass
 
 import torch
@@ -171,39 +170,276 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
 
 # -----------------------------------------------------------------------------
 # the same memory, cheaper on the GPU (cfg.fast_memory). Tested equal to compressive_memory + eq. 10 in
-# test_model.py (forward and every gradient). What it changes: autograd through compressive_memory saves
-# sigma(Q), sigma(K) and an fp32 (B, S, H, N, D) retrieval per layer and runs several elementwise passes
-# over them; here the per-token work is recomputed from q and k (alive anyway: views of the qkv
-# projection), so only per-segment D x D states are saved, and the delta scan runs one matmul per step.
+# test_model.py (forward and every gradient). Autograd through compressive_memory is correct but wasteful
+# on the GPU: it keeps an fp32 copy of sigma(Q) and the bf16 retrieval for the backward, sums sigma(K) over a
+# segment in a pass of its own, and gets the gate's gradient from two extra reductions over (B, S, H, N, D)
+# tensors. Two autograd Functions with hand-written backwards keep only bf16 sigma(Q), sigma(K) and a
+# normaliser per token, and take every per-token quantity of the backward from the matmuls it needs anyway.
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:                      # CPU-only installs: plain PyTorch is the only path
+    triton = None
+
+
+TRITON_KERNELS = True   # False: memory_fast stays in PyTorch on the GPU too (bench.py's "-torch" variants)
+
+
+def _pow2_head(t):
+    D = t.shape[-1]
+    return TRITON_KERNELS and triton is not None and t.is_cuda and 16 <= D <= 128 and D & (D - 1) == 0
+
+
+def _read_on_gpu(t):
+    """Whether _ReadAndMix runs as the Triton kernels below: CUDA tensors, a head dim tl.dot takes."""
+    return _pow2_head(t) and t.dtype in (torch.bfloat16, torch.float16, torch.float32)
+
+
+# _ReadAndMix on the GPU: compiled from PyTorch, its forward and backward are ten memory-bound passes over
+# (B, S, H, N, D) tensors (sigma, a normaliser reduction, a matmul, the mix, and their backward), because the
+# inductor cannot fuse elementwise work into cuBLAS. These two kernels do the same lines for a block of rows
+# of one segment and head, with the D x D memory in registers: forward reads q and y_dot and writes y and
+# sigma(q) (kept for the backward); backward reads dy, sigma(q) and y_dot and writes dq, dy_dot and u, and
+# leaves only dM = g sigma(q)^T u to cuBLAS. The retrieval sigma(q) M is accumulated in fp32 and not rounded
+# to bf16 before the division (the PyTorch path rounds it). Tested equal to the PyTorch path (test_model.py,
+# Triton's interpreter on the CPU) and against float64 on the GPU (bench.py --mode=check).
+if triton is not None:
+    @triton.jit
+    def _rows(b, s, h, n0, N, sb, ss, sh, sn, D: tl.constexpr, BLOCK: tl.constexpr):
+        """Offsets and row mask of rows n0 .. n0 + BLOCK of (batch b, segment s, head h) in a (B, S, H, N, D)
+        tensor with strides sb, ss, sh, sn and unit stride in D."""
+        rn = n0 + tl.arange(0, BLOCK)
+        return b * sb + s * ss + h * sh + rn[:, None] * sn + tl.arange(0, D)[None, :], rn < N
+
+    @triton.jit
+    def _read_fwd_kernel(Q, MC, Z, YD, G, Y, SQ, RAW, S, H, N, EPS, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
+                         y_b, y_s, y_h, y_n, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        i, n0 = tl.program_id(1), tl.program_id(0) * BLOCK                 # i = (b S + s) H + h
+        b, s, h, rd = i // (S * H), (i // H) % S, i % H, tl.arange(0, D)
+        off, rows = _rows(b, s, h, n0, N, q_b, q_s, q_h, q_n, D, BLOCK)
+        x = tl.load(Q + off, mask=rows[:, None], other=0.0).to(tl.float32)
+        sq = tl.where(x > 0, x + 1.0, tl.exp(x)).to(SQ.dtype.element_ty)   # sigma = ELU + 1, in q's dtype
+        raw = tl.sum(sq.to(tl.float32) * tl.load(Z + i * D + rd)[None, :], axis=1)      # sigma(q) z_{s-1}
+        a = tl.dot(sq, tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :]), input_precision=PREC)
+        g = tl.load(G + h)
+        off_d, _ = _rows(b, s, h, n0, N, d_b, d_s, d_h, d_n, D, BLOCK)
+        y = g * a / tl.maximum(raw, EPS)[:, None] + (1.0 - g) * tl.load(YD + off_d, mask=rows[:, None], other=0.0).to(tl.float32)
+        off_y, _ = _rows(b, s, h, n0, N, y_b, y_s, y_h, y_n, D, BLOCK)
+        tl.store(Y + off_y, y.to(Y.dtype.element_ty), mask=rows[:, None])
+        off_s, _ = _rows(b, s, h, n0, N, S * H * N * D, H * N * D, N * D, D, D, BLOCK)   # sigma(q): contiguous
+        tl.store(SQ + off_s, sq, mask=rows[:, None])
+        tl.store(RAW + i * N + n0 + tl.arange(0, BLOCK), raw, mask=rows)
+
+    @triton.jit
+    def _read_bwd_kernel(DY, SQ, RAW, MC, Z, YD, G, U, DQ, DYD, DZP, DGP, S, H, N, EPS, dy_b, dy_s, dy_h, dy_n,
+                         d_b, d_s, d_h, d_n, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """_ReadAndMix.backward for one row block; dz and dg of the block go to its own slot (summed after:
+        deterministic, unlike atomics)."""
+        i, blk = tl.program_id(1), tl.program_id(0)
+        b, s, h, rd, n0 = i // (S * H), (i // H) % S, i % H, tl.arange(0, D), blk * BLOCK
+        off_c, rows = _rows(b, s, h, n0, N, S * H * N * D, H * N * D, N * D, D, D, BLOCK)  # sigma(q), u, dq
+        off_g, _ = _rows(b, s, h, n0, N, dy_b, dy_s, dy_h, dy_n, D, BLOCK)  # dy and dy_dot
+        off_d, _ = _rows(b, s, h, n0, N, d_b, d_s, d_h, d_n, D, BLOCK)      # y_dot
+        dy = tl.load(DY + off_g, mask=rows[:, None], other=0.0).to(tl.float32)
+        sq = tl.load(SQ + off_c, mask=rows[:, None], other=0.0).to(tl.float32)
+        raw = tl.load(RAW + i * N + n0 + tl.arange(0, BLOCK), mask=rows, other=1.0)
+        den, z, g = tl.maximum(raw, EPS), tl.load(Z + i * D + rd), tl.load(G + h)
+        u = (dy / den[:, None]).to(U.dtype.element_ty)
+        tl.store(U + off_c, u, mask=rows[:, None])
+        Gm = tl.dot(u, tl.trans(tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :])), input_precision=PREC)
+        dya = tl.sum(sq * Gm, axis=1)                                       # dy . A_mem per token
+        dden = tl.where(raw >= EPS, -g * dya / den, 0.0)
+        dq = (g * Gm + dden[:, None] * z[None, :]) * tl.minimum(sq, 1.0)
+        tl.store(DQ + off_c, dq.to(DQ.dtype.element_ty), mask=rows[:, None])
+        tl.store(DYD + off_g, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
+        slot = i * tl.num_programs(0) + blk
+        tl.store(DZP + slot * D + rd, tl.sum(dden[:, None] * sq, axis=0))
+        yd = tl.load(YD + off_d, mask=rows[:, None], other=0.0).to(tl.float32)
+        tl.store(DGP + slot, tl.sum(dya - tl.sum(dy * yd, axis=1), axis=0))
+
+
+def _strides(t):
+    """(B, S, H, N, D) strides but the last, which must be 1."""
+    assert t.stride(-1) == 1
+    return t.stride()[:4]
+
+
+def _prec(t):
+    return "ieee" if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+
+
+READ_CFG = dict(fwd=(64, 8), bwd=(64, 8))   # (rows a program, warps) of the two kernels
+
+
+def _read_fwd_triton(q, Mc, z, y_dot, g):
+    B, S, H, N, D = q.shape
+    q, y_dot = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, y_dot))
+    y = y_dot.new_empty(B, S, N, H, D).transpose(2, 3)                 # laid out as (B, T, C): wo's input
+    sq, raw = torch.empty(B, S, H, N, D, dtype=q.dtype, device=q.device), z.new_empty(B, S, H, N, 1)
+    block, warps = READ_CFG["fwd"]
+    _read_fwd_kernel[(triton.cdiv(N, block), B * S * H)](
+        q, Mc.contiguous(), z.contiguous(), y_dot, g.reshape(H).contiguous(), y, sq, raw, S, H, N, EPS,
+        *_strides(q), *_strides(y_dot), *_strides(y), D=D, BLOCK=block, PREC=_prec(q), num_warps=warps)
+    return y, sq, raw
+
+
+def _read_bwd_triton(dy, sq, raw, Mc, z, y_dot, g):
+    B, S, H, N, D = sq.shape
+    dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+    block, warps = READ_CFG["bwd"]
+    nblk = triton.cdiv(N, block)
+    u, dq = torch.empty_like(sq), torch.empty_like(sq)
+    dyd = torch.empty_like(dy) if dy.dtype == y_dot.dtype else torch.empty(dy.shape, dtype=y_dot.dtype, device=dy.device)
+    dzp, dgp = z.new_empty(B, S, H, nblk, D), z.new_empty(B, S, H, nblk)
+    _read_bwd_kernel[(nblk, B * S * H)](dy, sq, raw, Mc.contiguous(), z.contiguous(), y_dot, g.reshape(H).contiguous(),
+                                        u, dq, dyd, dzp, dgp, S, H, N, EPS, *_strides(dy), *_strides(y_dot),
+                                        D=D, BLOCK=block, PREC=_prec(sq), num_warps=warps)
+    dM = g * (sq.transpose(-1, -2) @ u).to(z.dtype)
+    return dq, dM, dzp.sum(3), dyd, dgp.sum((0, 1, 3)).view(g.shape)
+
+
+class _Write(torch.autograd.Function):
+    """The write side of eqs. 8-9: sigma(K) in k's dtype, its sum over each segment (the z increments) and
+    sigma(K)^T V per segment in the state dtype. Backward: dsigma(K) = V dM^T + dz (+ the delta rule's
+    gradient through sigma(K) itself), dV = sigma(K) dM, and elu'(x) = min(sigma(x), 1) from the saved
+    sigma(K), so k is never read again."""
+
+    @staticmethod
+    def forward(ctx, k, v):
+        ctx.set_materialize_grads(False)
+        sk = _sig(k)[1].contiguous()          # (B, S, H, N, D) row-major: the matmuls take it and its transpose as is
+        sd = torch.promote_types(k.dtype, torch.float32)
+        ctx.save_for_backward(sk, v)
+        return sk, sk.sum(dim=3, dtype=sd), (sk.transpose(-1, -2) @ v).to(sd)
+
+    @staticmethod
+    def backward(ctx, g_sk, g_zs, g_dM):
+        sk, v = ctx.saved_tensors
+        sd = torch.promote_types(sk.dtype, torch.float32)
+        dsk = torch.zeros_like(sk, dtype=sd) if g_zs is None else g_zs.unsqueeze(-2).expand(sk.shape)
+        dv = None
+        if g_dM is not None:
+            gc = g_dM.to(sk.dtype)
+            dsk = dsk + (v @ gc.transpose(-1, -2)).to(sd)
+            dv = (sk @ gc).to(v.dtype)
+        if g_sk is not None:
+            dsk = dsk + g_sk.to(sd)
+        return (dsk * sk.to(sd).clamp_max(1.0)).to(sk.dtype), dv
+
+
+class _DeltaW(torch.autograd.Function):
+    """The delta rule's W_s = sigma(K)^T diag(1 / sigma(K) z_{s-1}) sigma(K) (eq. 9, as compressive_memory
+    computes it). Saves nothing new: the scaled right operand is recomputed from sigma(K) in the backward."""
+
+    @staticmethod
+    def forward(ctx, sk, z):
+        raw = (sk.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)
+        ctx.save_for_backward(sk, z, raw)
+        return (sk.transpose(-1, -2) @ (sk / raw.clamp_min(EPS)).to(sk.dtype)).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, gW):
+        sk, z, raw = ctx.saved_tensors
+        rden = 1.0 / raw.clamp_min(EPS)        # (the reciprocal: not the forward's division, which the partitioner would reuse and save)
+        s32, gc = sk.to(z.dtype), gW.to(sk.dtype)
+        g_right = (sk @ gc).to(z.dtype)                                    # d(sigma(K) / den)
+        dden = -(g_right * s32).sum(-1, keepdim=True) * rden**2 * (raw >= EPS)
+        dsk = ((s32 * rden).to(sk.dtype) @ gc.transpose(-1, -2)).to(z.dtype) + g_right * rden + dden * z.unsqueeze(-2)
+        return dsk, (dden * s32).sum(-2)
+
 
 class _ReadAndMix(torch.autograd.Function):
     """Eqs. 7 + 10: y = g sigma(q) M_{s-1} / (sigma(q) z_{s-1}) + (1 - g) y_dot, in one function.
-    Saves q, y_dot (SDPA keeps it anyway) and M, z; backward recomputes sigma(q) and the normaliser and
-    never forms A_mem: with G = dy M^T, dy . A_mem = sigma(q) . G / den per token."""
+    Saves sigma(q) in q's dtype (the matmul operand), the normaliser per token and M, z; y_dot is SDPA's
+    output, kept alive anyway. Backward materialises one (B, S, H, N, D) tensor, u = dy / den, the operand
+    of both its matmuls: G = u M^T and dM = g sigma(q)^T u. Every per-token quantity follows from G:
+    dy . A_mem = sigma(q) . G, so the normaliser's and the gate's gradients need no extra pass over A_mem."""
 
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g):
-        _, sq = _sig(q)
-        a_mem = (sq @ M.to(sq.dtype)).to(M.dtype) / normaliser(sq, z)      # as in compressive_memory
-        ctx.save_for_backward(q, M, z, y_dot, g)
-        return (g * a_mem + (1.0 - g) * y_dot.to(M.dtype)).to(y_dot.dtype)
+        Mc = M.to(q.dtype)
+        if _read_on_gpu(q):                                                 # the same lines, as one kernel
+            y, sq, raw = _read_fwd_triton(q, Mc, z, y_dot, g)
+        else:
+            sq = _sig(q)[1].contiguous()      # row-major per segment and head, as the matmuls want it
+            raw = (sq.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)  # normaliser before its floor
+            a_mem = (sq @ Mc).to(M.dtype) / raw.clamp_min(EPS)              # as in compressive_memory
+            y = (g * a_mem + (1.0 - g) * y_dot.to(M.dtype)).to(y_dot.dtype)
+        ctx.save_for_backward(sq, raw, Mc, z, y_dot, g)
+        return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, M, z, y_dot, g = ctx.saved_tensors
-        s32, sq = _sig(q)
-        raw = (sq.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)      # normaliser before its floor
+        sq, raw, Mc, z, y_dot, g = ctx.saved_tensors
+        if _read_on_gpu(sq):
+            return _read_bwd_triton(dy, sq, raw, Mc, z, y_dot, g)
         den = raw.clamp_min(EPS)
-        G = (dy @ M.transpose(-1, -2).to(dy.dtype)).to(M.dtype)            # dy M^T, (B, S, H, N, D)
-        dya = (sq.to(M.dtype) * G).sum(-1, keepdim=True) / den              # dy . A_mem per token
-        dy32 = dy.to(M.dtype)
-        dden = -g * dya / den * (raw >= EPS)                               # no gradient through the floor
-        dsq = g * G / den + dden * z.unsqueeze(-2)
-        dq = (dsq * s32.clamp_max(1.0)).to(q.dtype)                         # elu'(x) = min(sigma(x), 1)
-        dM = (sq.transpose(-1, -2) @ (g * dy32 / den).to(sq.dtype)).to(M.dtype)
-        dz = (dden * sq.to(M.dtype)).sum(-2)
-        dg = (dya - (dy32 * y_dot.to(M.dtype)).sum(-1, keepdim=True)).sum((0, 1, 3, 4), keepdim=True)
+        dy32, s32 = dy.to(z.dtype), sq.to(z.dtype)
+        u = (dy32 / den).to(sq.dtype)
+        G = (u @ Mc.transpose(-1, -2)).to(z.dtype)                          # dy M^T / den
+        dya = (s32 * G).sum(-1, keepdim=True)                               # dy . A_mem per token
+        dden = -g * dya / den * (raw >= EPS)                                # no gradient through the floor
+        dq = ((g * G + dden * z.unsqueeze(-2)) * s32.clamp_max(1.0)).to(sq.dtype)   # elu'(x) = min(sigma(x), 1)
+        dM = g * (sq.transpose(-1, -2) @ u).to(z.dtype)
+        dz = (dden * s32).sum(-2)
+        # (dy * y_dot summed in fp32, not y_dot cast up first: the partitioner would share that cast with the
+        # forward's mix and save an fp32 copy of y_dot)
+        dg = (dya - (dy * y_dot).sum(-1, keepdim=True, dtype=z.dtype)).sum((0, 1, 3, 4), keepdim=True)
         return dq, dM, dz, ((1.0 - g) * dy32).to(y_dot.dtype), dg
+
+
+# The delta rule's scan is sequential over segments: as a loop of batched D x D matmuls it costs two or
+# three tiny kernels a segment, each waiting on the last (32 segments at T = 32768: latency, not work). On a
+# GPU with Triton it runs as one kernel each way instead. Each column block of M evolves on its own
+# (W_s M_{s-1} mixes rows, not columns), so a program owns D x BN columns of one (batch, head) for all S
+# segments, with W_s loaded once per step. Tested equal to the loop (test_model.py, Triton's interpreter on
+# the CPU; bench.py --mode=check on the GPU).
+if triton is not None:
+    @triton.jit
+    def _scan_fwd_kernel(M0, DM, W, MP, MOUT, S, H, n_full, D: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+        """M_prev[s] = M_{s-1}; M_s = M_{s-1} + dM_s - W_s M_{s-1} for s < n_full; MOUT = the last state.
+        DM, W, MP are (B, S, H, D, D) contiguous, M0 and MOUT (B, H, D, D)."""
+        i, r, c = tl.program_id(0), tl.arange(0, D), tl.program_id(1) * BN + tl.arange(0, BN)
+        blk, full = r[:, None] * D + c[None, :], r[:, None] * D + r[None, :]
+        b, h = i // H, i % H
+        m = tl.load(M0 + i * D * D + blk)
+        for s in range(S):
+            base = ((b * S + s) * H + h) * D * D
+            tl.store(MP + base + blk, m)
+            if s < n_full:
+                m = m + tl.load(DM + base + blk) - tl.dot(tl.load(W + base + full), m, input_precision=PREC)
+        tl.store(MOUT + i * D * D + blk, m)
+
+    @triton.jit
+    def _scan_bwd_kernel(W, GMP, GM, GDM, GM0, S, H, n_full, D: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
+        """Backward of _scan_fwd_kernel: g = the gradient of M_s, from the last segment down; dM_s gets g,
+        and g_{s-1} = g_s + dL/dM_prev[s] - W_s^T g_s."""
+        i, r, c = tl.program_id(0), tl.arange(0, D), tl.program_id(1) * BN + tl.arange(0, BN)
+        blk, full_t = r[:, None] * D + c[None, :], r[None, :] * D + r[:, None]     # full_t: W_s transposed
+        b, h = i // H, i % H
+        g = tl.load(GM + i * D * D + blk)
+        for t in range(S):
+            base = ((b * S + S - 1 - t) * H + h) * D * D
+            if S - 1 - t < n_full:
+                tl.store(GDM + base + blk, g)
+                g = g + tl.load(GMP + base + blk) - tl.dot(tl.load(W + base + full_t), g, input_precision=PREC)
+            else:
+                tl.store(GDM + base + blk, tl.zeros_like(g))
+                g = g + tl.load(GMP + base + blk)
+        tl.store(GM0 + i * D * D + blk, g)
+
+
+def _scan_on_gpu(t):
+    """Whether _DeltaScan runs as the Triton kernels: CUDA fp32 state, a head dim tl.dot takes."""
+    return _pow2_head(t) and t.dtype == torch.float32
+
+
+def _scan_launch(kernel, *tensors, S, H, n_full):
+    """One program per (batch, head) and column block; the last tensor is the (B, H, D, D) state out."""
+    D = tensors[-1].shape[-1]
+    BN = min(32, D)                      # 4 column blocks a (batch, head) at D = 128: more programs in flight
+    kernel[(tensors[-1].numel() // (D * D), D // BN)](*tensors, S, H, n_full, D=D, BN=BN, PREC=_prec(tensors[-1]))
 
 
 class _DeltaScan(torch.autograd.Function):
@@ -215,48 +451,46 @@ class _DeltaScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, M0, dM, W, n_full):
         B, S, H, D, _ = dM.shape
-        bmm = lambda t: t.reshape(B * H, D, D)                              # views: M, dMt[s], Wt[s] are contiguous
-        dMt, Wt = dM.transpose(0, 1).contiguous(), W.transpose(0, 1).contiguous()   # (S, B, H, D, D)
-        M, Ms = M0.contiguous(), []
-        for s in range(S):
-            Ms.append(M)
-            if s < n_full:
-                M = torch.baddbmm(bmm(M + dMt[s]), bmm(Wt[s]), bmm(M), alpha=-1).view(B, H, D, D)
-        M_prev = torch.stack(Ms, dim=1)
-        ctx.save_for_backward(Wt, M_prev)
+        dM, W, M0 = dM.contiguous(), W.contiguous(), M0.contiguous()
+        if _scan_on_gpu(dM):
+            M_prev, M = torch.empty_like(dM), torch.empty_like(M0)
+            _scan_launch(_scan_fwd_kernel, M0, dM, W, M_prev, M, S=S, H=H, n_full=n_full)
+        else:
+            bmm = lambda t: t.reshape(B * H, D, D)                          # views: M, dMt[s], Wt[s] are contiguous
+            dMt, Wt = dM.transpose(0, 1).contiguous(), W.transpose(0, 1).contiguous()   # (S, B, H, D, D)
+            M, Ms = M0, []
+            for s in range(S):
+                Ms.append(M)
+                if s < n_full:
+                    M = torch.baddbmm(bmm(M + dMt[s]), bmm(Wt[s]), bmm(M), alpha=-1).view(B, H, D, D)
+            M_prev = torch.stack(Ms, dim=1)
+        ctx.save_for_backward(W, M_prev)
         ctx.n_full = n_full
         return M_prev, M
 
     @staticmethod
     def backward(ctx, gM_prev, gM):
-        Wt, M_prev = ctx.saved_tensors
+        W, M_prev = ctx.saved_tensors
         B, S, H, D, _ = M_prev.shape
-        bmm = lambda t: t.reshape(B * H, D, D)
-        gMt = gM_prev.transpose(0, 1).contiguous() if gM_prev is not None else torch.zeros_like(Wt)
-        g = gM.contiguous() if gM is not None else torch.zeros_like(Wt[0])  # gradient of the state after step s
-        gs = []
-        for s in reversed(range(S)):
-            if s < ctx.n_full:
-                gs.append(g)
-                g = torch.baddbmm(bmm(g + gMt[s]), bmm(Wt[s]).transpose(-1, -2), bmm(g), alpha=-1).view(B, H, D, D)
-            else:
-                gs.append(torch.zeros_like(g))
-                g = g + gMt[s]
-        gdM = torch.stack(gs[::-1], dim=1)
+        gM_prev = torch.zeros_like(W) if gM_prev is None else gM_prev.contiguous()
+        g = torch.zeros_like(W[:, 0]) if gM is None else gM.contiguous()   # gradient of the state after step s
+        if _scan_on_gpu(W):
+            gdM, g0 = torch.empty_like(W), torch.empty_like(g)
+            _scan_launch(_scan_bwd_kernel, W, gM_prev, g, gdM, g0, S=S, H=H, n_full=ctx.n_full)
+            g = g0
+        else:
+            bmm = lambda t: t.reshape(B * H, D, D)
+            gMt, Wt = gM_prev.transpose(0, 1).contiguous(), W.transpose(0, 1).contiguous()
+            gs = []
+            for s in reversed(range(S)):
+                if s < ctx.n_full:
+                    gs.append(g)
+                    g = torch.baddbmm(bmm(g + gMt[s]), bmm(Wt[s]).transpose(-1, -2), bmm(g), alpha=-1).view(B, H, D, D)
+                else:
+                    gs.append(torch.zeros_like(g))
+                    g = g + gMt[s]
+            gdM = torch.stack(gs[::-1], dim=1)
         return g, gdM, -(gdM @ M_prev.transpose(-1, -2)), None
-
-
-def _write_terms(k, v, z0, delta):
-    """The write side of compressive_memory from k (before sigma) and v: z_{s-1}, z_s, sigma(K)^T V and the
-    delta rule's W_s, the same lines as there. Run under checkpoint, so sigma(K) is recomputed, not saved."""
-    _, sk = _sig(k)
-    sd = z0.dtype
-    z_after = z0[:, None] + sk.sum(dim=3, dtype=sd).cumsum(dim=1)
-    z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)
-    dM = (sk.transpose(-1, -2) @ v).to(sd)
-    if not delta:
-        return z_prev, z_after, dM
-    return z_prev, z_after, dM, (sk.transpose(-1, -2) @ (sk / normaliser(sk, z_prev)).to(sk.dtype)).to(sd)
 
 
 def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
@@ -265,20 +499,21 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     B, S, H, N, D = q.shape
     sd = torch.promote_types(q.dtype, torch.float32)
     M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
-    ck = partial(checkpoint, use_reentrant=False, preserve_rng_state=False)   # recompute in backward, save inputs
-    terms = ck(_write_terms, k, v, z0, update == "delta")
-    z_prev, z_after, dM = terms[:3]
-    if update == "linear":                                                 # eq. 8: prefix sums, as there
+    sk, zs, dM = _Write.apply(k, v)
+    z_after = z0[:, None] + zs.cumsum(dim=1)                               # the same lines as compressive_memory
+    z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)
+    if update == "linear":
         M_after = M0[:, None] + dM.cumsum(dim=1)
         M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
         M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
-        M_prev, M_out = _DeltaScan.apply(M0, dM, terms[3], n_full)
+        # (compiled, the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
+        # under a checkpoint it recomputes it from the bf16 sigma(K) instead. Eager, the Function saves that.)
+        W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False) if torch.compiler.is_compiling() \
+            else _DeltaW.apply(sk, z_prev)
+        M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
-    # compiled, the partitioner would merge backward's recomputation of sigma(q) with forward's and save
-    # it (in fp32); the checkpoint makes it recompute. Eager, the Function's own saves are already minimal.
-    read = partial(ck, _ReadAndMix.apply) if torch.compiler.is_compiling() else _ReadAndMix.apply
-    return read(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
+    return _ReadAndMix.apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
 
 # -----------------------------------------------------------------------------
 # attention

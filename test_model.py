@@ -215,6 +215,94 @@ def test_memory_fast_under_torch_compile(update):
         assert rel_err(a, b) < 1e-5
 
 
+TRITON_SCAN_CHECK = """
+import torch
+import model
+def run(args, n_full, weights):
+    leaves = [t.clone().requires_grad_(True) for t in args]
+    M_prev, M = model._DeltaScan.apply(*leaves, n_full)
+    ((M_prev * weights[0]).sum() + (M * weights[1]).sum()).backward()
+    return [M_prev, M] + [t.grad for t in leaves]
+worst = 0.0
+for B, S, H, D in [(2, 5, 3, 16), (1, 4, 2, 32), (1, 3, 1, 64)]:
+    for n_full in [S, S - 1, 0]:
+        torch.manual_seed(S * D + n_full)
+        M0, dM = torch.randn(B, H, D, D), torch.randn(B, S, H, D, D)
+        W = torch.randn(B, S, H, D, D) / D ** 0.5                   # any W: the scan is linear in M
+        weights = [torch.randn(B, S, H, D, D), torch.randn(B, H, D, D)]
+        want = run([M0, dM, W], n_full, weights)                     # CPU tensors: the loop
+        model._scan_on_gpu = lambda t: True                          # the kernels, in Triton's interpreter
+        got = run([M0, dM, W], n_full, weights)
+        model._scan_on_gpu = lambda t: False
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.isfinite(a).all()
+            worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
+print(worst)
+"""
+
+
+TRITON_READ_CHECK = """
+import torch
+import model
+def run(args, dy):
+    leaves = [t.detach().clone().requires_grad_(True) for t in args]
+    y = model._ReadAndMix.apply(*leaves)
+    y.backward(dy)
+    return [y.detach()] + [t.grad for t in leaves]
+worst = {}
+for dtype, (B, S, H, N, D) in [(torch.float32, (2, 3, 2, 40, 16)), (torch.float32, (1, 2, 3, 64, 32)),
+                               (torch.float32, (1, 2, 1, 150, 16)), (torch.float16, (1, 2, 2, 72, 32))]:
+    torch.manual_seed(N)
+    q = torch.randn(B, S, N, 3, H, D)[:, :, :, 0].transpose(2, 3).to(dtype)   # a strided view, as in Attention
+    M, z = 0.1 * torch.randn(B, S, H, D, D), 5 * torch.rand(B, S, H, D) + 0.1
+    if dtype == torch.float32:                        # segment 0 reads an empty memory: the normaliser's floor
+        M[:, 0], z[:, 0] = 0, 0                       # (fp16 cannot hold dy / 1e-6, the floor's gradient scale)
+    y_dot = torch.randn(B, S, N, H, D).transpose(2, 3).to(dtype)              # SDPA's layout
+    dy = torch.randn(B, S, H, N, D).to(dtype)
+    args = [q, M, z, y_dot, torch.rand(1, 1, H, 1, 1)]
+    want = run(args, dy)
+    model._read_on_gpu = lambda t: True
+    got = run(args, dy)
+    model._read_on_gpu = lambda t: False
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        worst[dtype] = max(worst.get(dtype, 0.0), err)
+print(worst[torch.float32], worst[torch.float16])
+"""
+
+
+def test_triton_read_equals_pytorch():
+    # the GPU's read kernels against _ReadAndMix's PyTorch lines, forward and every gradient, on the CPU
+    # through Triton's interpreter: strided q and y_dot as Attention passes them, rows that fill no whole
+    # block (40, 72, 150), an empty memory; fp16 stands in for bf16 (the interpreter has no bf16 arithmetic;
+    # bf16 is checked on the GPU by bench.py --mode=check)
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TRITON_READ_CHECK], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    fp32, fp16 = map(float, out.stdout.split()[-2:])
+    assert fp32 < 1e-5 and fp16 < 3e-3, (fp32, fp16)
+
+
+def test_triton_delta_scan_equals_loop():
+    # the GPU's scan kernels (forward and backward) against _DeltaScan's loop, on the CPU through Triton's
+    # interpreter (switched on before triton.jit runs: a fresh process); all segments full, the last one
+    # partial (n_full = S - 1) and none full; M_prev, the final state and every gradient
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TRITON_SCAN_CHECK], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split()[-1]) < 1e-5
+
+
 def test_local_matches_reference():
     torch.manual_seed(1)
     attn = Attention(cfg_for(attn="local")).double()
