@@ -32,7 +32,7 @@ class LlamaConfig:
     attn: str = "infini"         # "infini" (memory + local) | "local" (segments, no memory) | "full"
     update: str = "delta"        # memory update rule: "delta" (eq. 9, P1's choice) | "linear" (eq. 8)
     gate: str = "hard_sigmoid"   # "hard_sigmoid" (P1: clamp(0.2b+0.5, 0, 1)) | "sigmoid" (P2)
-    fast_memory: bool = False    # infini: True = memory_fast (recomputes instead of saving: less memory, a bit slower)
+    fast_memory: bool = True     # infini: memory_fast (faster, leaner on a GPU) | False: compressive_memory, the spec
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -170,134 +170,12 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
 
 # -----------------------------------------------------------------------------
 # the same memory, cheaper on the GPU (cfg.fast_memory). Tested equal to compressive_memory + eq. 10 in
-# test_model.py (forward and every gradient). Autograd through compressive_memory is correct but wasteful
-# on the GPU: it keeps an fp32 copy of sigma(Q) and the bf16 retrieval for the backward, sums sigma(K) over a
-# segment in a pass of its own, and gets the gate's gradient from two extra reductions over (B, S, H, N, D)
-# tensors. Two autograd Functions with hand-written backwards keep only bf16 sigma(Q), sigma(K) and a
-# normaliser per token, and take every per-token quantity of the backward from the matmuls it needs anyway.
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:                      # CPU-only installs: plain PyTorch is the only path
-    triton = None
-
-
-TRITON_KERNELS = True   # False: memory_fast stays in PyTorch on the GPU too (bench.py's "-torch" variants)
-
-
-def _pow2_head(t):
-    D = t.shape[-1]
-    return TRITON_KERNELS and triton is not None and t.is_cuda and 16 <= D <= 128 and D & (D - 1) == 0
-
-
-def _read_on_gpu(t):
-    """Whether _ReadAndMix runs as the Triton kernels below: CUDA tensors, a head dim tl.dot takes."""
-    return _pow2_head(t) and t.dtype in (torch.bfloat16, torch.float16, torch.float32)
-
-
-# _ReadAndMix on the GPU: compiled from PyTorch, its forward and backward are ten memory-bound passes over
-# (B, S, H, N, D) tensors (sigma, a normaliser reduction, a matmul, the mix, and their backward), because the
-# inductor cannot fuse elementwise work into cuBLAS. These two kernels do the same lines for a block of rows
-# of one segment and head, with the D x D memory in registers: forward reads q and y_dot and writes y and
-# sigma(q) (kept for the backward); backward reads dy, sigma(q) and y_dot and writes dq, dy_dot and u, and
-# leaves only dM = g sigma(q)^T u to cuBLAS. The retrieval sigma(q) M is accumulated in fp32 and not rounded
-# to bf16 before the division (the PyTorch path rounds it). Tested equal to the PyTorch path (test_model.py,
-# Triton's interpreter on the CPU) and against float64 on the GPU (bench.py --mode=check).
-if triton is not None:
-    @triton.jit
-    def _rows(b, s, h, n0, N, sb, ss, sh, sn, D: tl.constexpr, BLOCK: tl.constexpr):
-        """Offsets and row mask of rows n0 .. n0 + BLOCK of (batch b, segment s, head h) in a (B, S, H, N, D)
-        tensor with strides sb, ss, sh, sn and unit stride in D."""
-        rn = n0 + tl.arange(0, BLOCK)
-        return b * sb + s * ss + h * sh + rn[:, None] * sn + tl.arange(0, D)[None, :], rn < N
-
-    @triton.jit
-    def _read_fwd_kernel(Q, MC, Z, YD, G, Y, SQ, RAW, S, H, N, EPS, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
-                         y_b, y_s, y_h, y_n, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        i, n0 = tl.program_id(1), tl.program_id(0) * BLOCK                 # i = (b S + s) H + h
-        b, s, h, rd = i // (S * H), (i // H) % S, i % H, tl.arange(0, D)
-        off, rows = _rows(b, s, h, n0, N, q_b, q_s, q_h, q_n, D, BLOCK)
-        x = tl.load(Q + off, mask=rows[:, None], other=0.0).to(tl.float32)
-        sq = tl.where(x > 0, x + 1.0, tl.exp(x)).to(SQ.dtype.element_ty)   # sigma = ELU + 1, in q's dtype
-        raw = tl.sum(sq.to(tl.float32) * tl.load(Z + i * D + rd)[None, :], axis=1)      # sigma(q) z_{s-1}
-        a = tl.dot(sq, tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :]), input_precision=PREC)
-        g = tl.load(G + h)
-        off_d, _ = _rows(b, s, h, n0, N, d_b, d_s, d_h, d_n, D, BLOCK)
-        y = g * a / tl.maximum(raw, EPS)[:, None] + (1.0 - g) * tl.load(YD + off_d, mask=rows[:, None], other=0.0).to(tl.float32)
-        off_y, _ = _rows(b, s, h, n0, N, y_b, y_s, y_h, y_n, D, BLOCK)
-        tl.store(Y + off_y, y.to(Y.dtype.element_ty), mask=rows[:, None])
-        off_s, _ = _rows(b, s, h, n0, N, S * H * N * D, H * N * D, N * D, D, D, BLOCK)   # sigma(q): contiguous
-        tl.store(SQ + off_s, sq, mask=rows[:, None])
-        tl.store(RAW + i * N + n0 + tl.arange(0, BLOCK), raw, mask=rows)
-
-    @triton.jit
-    def _read_bwd_kernel(DY, SQ, RAW, MC, Z, YD, G, U, DQ, DYD, DZP, DGP, S, H, N, EPS, dy_b, dy_s, dy_h, dy_n,
-                         d_b, d_s, d_h, d_n, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        """_ReadAndMix.backward for one row block; dz and dg of the block go to its own slot (summed after:
-        deterministic, unlike atomics)."""
-        i, blk = tl.program_id(1), tl.program_id(0)
-        b, s, h, rd, n0 = i // (S * H), (i // H) % S, i % H, tl.arange(0, D), blk * BLOCK
-        off_c, rows = _rows(b, s, h, n0, N, S * H * N * D, H * N * D, N * D, D, D, BLOCK)  # sigma(q), u, dq
-        off_g, _ = _rows(b, s, h, n0, N, dy_b, dy_s, dy_h, dy_n, D, BLOCK)  # dy and dy_dot
-        off_d, _ = _rows(b, s, h, n0, N, d_b, d_s, d_h, d_n, D, BLOCK)      # y_dot
-        dy = tl.load(DY + off_g, mask=rows[:, None], other=0.0).to(tl.float32)
-        sq = tl.load(SQ + off_c, mask=rows[:, None], other=0.0).to(tl.float32)
-        raw = tl.load(RAW + i * N + n0 + tl.arange(0, BLOCK), mask=rows, other=1.0)
-        den, z, g = tl.maximum(raw, EPS), tl.load(Z + i * D + rd), tl.load(G + h)
-        u = (dy / den[:, None]).to(U.dtype.element_ty)
-        tl.store(U + off_c, u, mask=rows[:, None])
-        Gm = tl.dot(u, tl.trans(tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :])), input_precision=PREC)
-        dya = tl.sum(sq * Gm, axis=1)                                       # dy . A_mem per token
-        dden = tl.where(raw >= EPS, -g * dya / den, 0.0)
-        dq = (g * Gm + dden[:, None] * z[None, :]) * tl.minimum(sq, 1.0)
-        tl.store(DQ + off_c, dq.to(DQ.dtype.element_ty), mask=rows[:, None])
-        tl.store(DYD + off_g, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
-        slot = i * tl.num_programs(0) + blk
-        tl.store(DZP + slot * D + rd, tl.sum(dden[:, None] * sq, axis=0))
-        yd = tl.load(YD + off_d, mask=rows[:, None], other=0.0).to(tl.float32)
-        tl.store(DGP + slot, tl.sum(dya - tl.sum(dy * yd, axis=1), axis=0))
-
-
-def _strides(t):
-    """(B, S, H, N, D) strides but the last, which must be 1."""
-    assert t.stride(-1) == 1
-    return t.stride()[:4]
-
-
-def _prec(t):
-    return "ieee" if t.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
-
-
-READ_CFG = dict(fwd=(64, 8), bwd=(64, 8))   # (rows a program, warps) of the two kernels
-
-
-def _read_fwd_triton(q, Mc, z, y_dot, g):
-    B, S, H, N, D = q.shape
-    q, y_dot = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, y_dot))
-    y = y_dot.new_empty(B, S, N, H, D).transpose(2, 3)                 # laid out as (B, T, C): wo's input
-    sq, raw = torch.empty(B, S, H, N, D, dtype=q.dtype, device=q.device), z.new_empty(B, S, H, N, 1)
-    block, warps = READ_CFG["fwd"]
-    _read_fwd_kernel[(triton.cdiv(N, block), B * S * H)](
-        q, Mc.contiguous(), z.contiguous(), y_dot, g.reshape(H).contiguous(), y, sq, raw, S, H, N, EPS,
-        *_strides(q), *_strides(y_dot), *_strides(y), D=D, BLOCK=block, PREC=_prec(q), num_warps=warps)
-    return y, sq, raw
-
-
-def _read_bwd_triton(dy, sq, raw, Mc, z, y_dot, g):
-    B, S, H, N, D = sq.shape
-    dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-    block, warps = READ_CFG["bwd"]
-    nblk = triton.cdiv(N, block)
-    u, dq = torch.empty_like(sq), torch.empty_like(sq)
-    dyd = torch.empty_like(dy) if dy.dtype == y_dot.dtype else torch.empty(dy.shape, dtype=y_dot.dtype, device=dy.device)
-    dzp, dgp = z.new_empty(B, S, H, nblk, D), z.new_empty(B, S, H, nblk)
-    _read_bwd_kernel[(nblk, B * S * H)](dy, sq, raw, Mc.contiguous(), z.contiguous(), y_dot, g.reshape(H).contiguous(),
-                                        u, dq, dyd, dzp, dgp, S, H, N, EPS, *_strides(dy), *_strides(y_dot),
-                                        D=D, BLOCK=block, PREC=_prec(sq), num_warps=warps)
-    dM = g * (sq.transpose(-1, -2) @ u).to(z.dtype)
-    return dq, dM, dzp.sum(3), dyd, dgp.sum((0, 1, 3)).view(g.shape)
-
+# test_model.py (forward and every gradient, float64). Compiled, autograd through compressive_memory is
+# correct but wasteful on the GPU (bench.py --mode=layer lists its kernels): it keeps an fp32 copy of sigma(Q)
+# and the bf16 retrieval for the backward, reads k again to sum sigma(K) over a segment, and gets the gate's
+# gradient from two extra reductions over (B, S, H, N, D) tensors. Here, autograd Functions with hand-written
+# backwards keep only sigma(Q), sigma(K) (bf16, row-major, so no matmul needs a copy) and a normaliser per
+# token, and take every per-token quantity of the backward from the matmuls it needs anyway.
 
 class _Write(torch.autograd.Function):
     """The write side of eqs. 8-9: sigma(K) in k's dtype, its sum over each segment (the z increments) and
@@ -358,22 +236,16 @@ class _ReadAndMix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g):
-        Mc = M.to(q.dtype)
-        if _read_on_gpu(q):                                                 # the same lines, as one kernel
-            y, sq, raw = _read_fwd_triton(q, Mc, z, y_dot, g)
-        else:
-            sq = _sig(q)[1].contiguous()      # row-major per segment and head, as the matmuls want it
-            raw = (sq.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)  # normaliser before its floor
-            a_mem = (sq @ Mc).to(M.dtype) / raw.clamp_min(EPS)              # as in compressive_memory
-            y = (g * a_mem + (1.0 - g) * y_dot.to(M.dtype)).to(y_dot.dtype)
+        sq = _sig(q)[1].contiguous()          # row-major per segment and head, as the matmuls want it
+        raw = (sq.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)     # normaliser before its floor
+        Mc = M.to(sq.dtype)
+        a_mem = (sq @ Mc).to(M.dtype) / raw.clamp_min(EPS)                  # as in compressive_memory
         ctx.save_for_backward(sq, raw, Mc, z, y_dot, g)
-        return y
+        return (g * a_mem + (1.0 - g) * y_dot.to(M.dtype)).to(y_dot.dtype)
 
     @staticmethod
     def backward(ctx, dy):
         sq, raw, Mc, z, y_dot, g = ctx.saved_tensors
-        if _read_on_gpu(sq):
-            return _read_bwd_triton(dy, sq, raw, Mc, z, y_dot, g)
         den = raw.clamp_min(EPS)
         dy32, s32 = dy.to(z.dtype), sq.to(z.dtype)
         u = (dy32 / den).to(sq.dtype)
@@ -395,6 +267,16 @@ class _ReadAndMix(torch.autograd.Function):
 # (W_s M_{s-1} mixes rows, not columns), so a program owns D x BN columns of one (batch, head) for all S
 # segments, with W_s loaded once per step. Tested equal to the loop (test_model.py, Triton's interpreter on
 # the CPU; bench.py --mode=check on the GPU).
+try:
+    import triton
+    import triton.language as tl
+except ImportError:                      # CPU-only installs: the loop is the only path
+    triton = None
+
+
+TRITON_KERNELS = True   # False: the scan stays a PyTorch loop on the GPU too (bench.py's "-torch" variants)
+
+
 if triton is not None:
     @triton.jit
     def _scan_fwd_kernel(M0, DM, W, MP, MOUT, S, H, n_full, D: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
@@ -416,14 +298,14 @@ if triton is not None:
         """Backward of _scan_fwd_kernel: g = the gradient of M_s, from the last segment down; dM_s gets g,
         and g_{s-1} = g_s + dL/dM_prev[s] - W_s^T g_s."""
         i, r, c = tl.program_id(0), tl.arange(0, D), tl.program_id(1) * BN + tl.arange(0, BN)
-        blk, full_t = r[:, None] * D + c[None, :], r[None, :] * D + r[:, None]     # full_t: W_s transposed
+        blk, full = r[:, None] * D + c[None, :], r[:, None] * D + r[None, :]
         b, h = i // H, i % H
         g = tl.load(GM + i * D * D + blk)
         for t in range(S):
             base = ((b * S + S - 1 - t) * H + h) * D * D
             if S - 1 - t < n_full:
                 tl.store(GDM + base + blk, g)
-                g = g + tl.load(GMP + base + blk) - tl.dot(tl.load(W + base + full_t), g, input_precision=PREC)
+                g = g + tl.load(GMP + base + blk) - tl.dot(tl.trans(tl.load(W + base + full)), g, input_precision=PREC)
             else:
                 tl.store(GDM + base + blk, tl.zeros_like(g))
                 g = g + tl.load(GMP + base + blk)
@@ -431,15 +313,21 @@ if triton is not None:
 
 
 def _scan_on_gpu(t):
-    """Whether _DeltaScan runs as the Triton kernels: CUDA fp32 state, a head dim tl.dot takes."""
-    return _pow2_head(t) and t.dtype == torch.float32
+    """Whether _DeltaScan runs as the Triton kernels: a CUDA fp32 state, a head dim tl.dot takes."""
+    D = t.shape[-1]
+    return (TRITON_KERNELS and triton is not None and t.is_cuda and t.dtype == torch.float32
+            and 16 <= D <= 128 and D & (D - 1) == 0)
+
+
+SCAN_BN = 32   # columns a program: 4 programs a (batch, head) at D = 128, so more of them run at once
 
 
 def _scan_launch(kernel, *tensors, S, H, n_full):
     """One program per (batch, head) and column block; the last tensor is the (B, H, D, D) state out."""
     D = tensors[-1].shape[-1]
-    BN = min(32, D)                      # 4 column blocks a (batch, head) at D = 128: more programs in flight
-    kernel[(tensors[-1].numel() // (D * D), D // BN)](*tensors, S, H, n_full, D=D, BN=BN, PREC=_prec(tensors[-1]))
+    BN = min(SCAN_BN, D)
+    prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"   # as baddbmm runs the loop's matmuls
+    kernel[(tensors[-1].numel() // (D * D), D // BN)](*tensors, S, H, n_full, D=D, BN=BN, PREC=prec)
 
 
 class _DeltaScan(torch.autograd.Function):

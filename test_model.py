@@ -241,54 +241,6 @@ print(worst)
 """
 
 
-TRITON_READ_CHECK = """
-import torch
-import model
-def run(args, dy):
-    leaves = [t.detach().clone().requires_grad_(True) for t in args]
-    y = model._ReadAndMix.apply(*leaves)
-    y.backward(dy)
-    return [y.detach()] + [t.grad for t in leaves]
-worst = {}
-for dtype, (B, S, H, N, D) in [(torch.float32, (2, 3, 2, 40, 16)), (torch.float32, (1, 2, 3, 64, 32)),
-                               (torch.float32, (1, 2, 1, 150, 16)), (torch.float16, (1, 2, 2, 72, 32))]:
-    torch.manual_seed(N)
-    q = torch.randn(B, S, N, 3, H, D)[:, :, :, 0].transpose(2, 3).to(dtype)   # a strided view, as in Attention
-    M, z = 0.1 * torch.randn(B, S, H, D, D), 5 * torch.rand(B, S, H, D) + 0.1
-    if dtype == torch.float32:                        # segment 0 reads an empty memory: the normaliser's floor
-        M[:, 0], z[:, 0] = 0, 0                       # (fp16 cannot hold dy / 1e-6, the floor's gradient scale)
-    y_dot = torch.randn(B, S, N, H, D).transpose(2, 3).to(dtype)              # SDPA's layout
-    dy = torch.randn(B, S, H, N, D).to(dtype)
-    args = [q, M, z, y_dot, torch.rand(1, 1, H, 1, 1)]
-    want = run(args, dy)
-    model._read_on_gpu = lambda t: True
-    got = run(args, dy)
-    model._read_on_gpu = lambda t: False
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, b.shape, a.dtype, b.dtype)
-        assert torch.isfinite(a).all() and torch.isfinite(b).all()
-        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
-        worst[dtype] = max(worst.get(dtype, 0.0), err)
-print(worst[torch.float32], worst[torch.float16])
-"""
-
-
-def test_triton_read_equals_pytorch():
-    # the GPU's read kernels against _ReadAndMix's PyTorch lines, forward and every gradient, on the CPU
-    # through Triton's interpreter: strided q and y_dot as Attention passes them, rows that fill no whole
-    # block (40, 72, 150), an empty memory; fp16 stands in for bf16 (the interpreter has no bf16 arithmetic;
-    # bf16 is checked on the GPU by bench.py --mode=check)
-    pytest.importorskip("triton")
-    import subprocess
-    import sys
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", TRITON_READ_CHECK], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    fp32, fp16 = map(float, out.stdout.split()[-2:])
-    assert fp32 < 1e-5 and fp16 < 3e-3, (fp32, fp16)
-
-
 def test_triton_delta_scan_equals_loop():
     # the GPU's scan kernels (forward and backward) against _DeltaScan's loop, on the CPU through Triton's
     # interpreter (switched on before triton.jit runs: a fresh process); all segments full, the last one

@@ -223,6 +223,20 @@ def test_resume_is_exact(shards, tmp_path):
     assert rows(split, "val_loss")[-1]["val_loss"] == rows(full, "val_loss")[-1]["val_loss"]
 
 
+def test_resume_across_memory_paths(shards, tmp_path):
+    # a checkpoint written with --fast_memory=0 (compressive_memory; every checkpoint before memory_fast became
+    # the default) resumes under the default memory_fast: a choice of code path, not a config mismatch. The
+    # two paths compute the same function, so the losses agree with an unbroken run to float32 rounding.
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
+    train.main(tiny_args(shards, full, "--fast_memory=0"))
+    train.main(tiny_args(shards, split, "--fast_memory=0", "--halt_at=3"))
+    train.main(tiny_args(shards, split, "--resume=1"))
+    assert train.load_checkpoint(os.path.join(split, "ckpt.pt"))["config"]["fast_memory"] is True
+    a, b = losses(split), losses(full)
+    assert len(a) == len(b) == 6 and a[:3] == b[:3]
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+
+
 @pytest.mark.parametrize("case", ["missing_shards", "segment", "unknown_flag", "corrupt_ckpt", "nan"])
 def test_bad_input_one_line(shards, tmp_path, case):
     out = str(tmp_path / "o")
