@@ -219,7 +219,7 @@ class _DeltaW(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gW):
         sk, z, raw = ctx.saved_tensors
-        rden = 1.0 / raw.clamp_min(EPS)        # (the reciprocal: not the forward's division, which the partitioner would reuse and save)
+        rden = 1.0 / raw.clamp_min(EPS)        # (not the forward's division: the partitioner would reuse and save it)
         s32, gc = sk.to(z.dtype), gW.to(sk.dtype)
         g_right = (sk @ gc).to(z.dtype)                                    # d(sigma(K) / den)
         dden = -(g_right * s32).sum(-1, keepdim=True) * rden**2 * (raw >= EPS)
@@ -255,8 +255,8 @@ class _ReadAndMix(torch.autograd.Function):
         dq = ((g * G + dden * z.unsqueeze(-2)) * s32.clamp_max(1.0)).to(sq.dtype)   # elu'(x) = min(sigma(x), 1)
         dM = g * (sq.transpose(-1, -2) @ u).to(z.dtype)
         dz = (dden * s32).sum(-2)
-        # (dy * y_dot summed in fp32, not y_dot cast up first: the partitioner would share that cast with the
-        # forward's mix and save an fp32 copy of y_dot)
+        # (dy * y_dot in y_dot's dtype, summed in fp32: casting y_dot up first would share that cast with the
+        # forward's mix, and the partitioner would save an fp32 copy of y_dot)
         dg = (dya - (dy * y_dot).sum(-1, keepdim=True, dtype=z.dtype)).sum((0, 1, 3, 4), keepdim=True)
         return dq, dM, dz, ((1.0 - g) * dy32).to(y_dot.dtype), dg
 
@@ -396,7 +396,7 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
         M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
         # (compiled, the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
-        # under a checkpoint it recomputes it from the bf16 sigma(K) instead. Eager, the Function saves that.)
+        # under a checkpoint it recomputes it from the bf16 sigma(K). Eager, _DeltaW's own saves are all there is.)
         W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False) if torch.compiler.is_compiling() \
             else _DeltaW.apply(sk, z_prev)
         M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
