@@ -7,7 +7,9 @@ Tokenize FineWeb sample-10BT (or local text files) into llm.c-style uint16 token
 
 Every document is encoded with GPT-2 BPE (`encode_ordinary`, so text that looks like a special token
 stays text) and followed by <|endoftext|> (50256); documents are concatenated and cut into shards.
-The first shard (--val_tokens tokens, at most 10% of --max_tokens) is validation, the rest training:
+The first shard (--val_tokens tokens, at most 10% of --max_tokens) is validation, the rest training; with
+several --input files they are read in the order given (a glob's matches sorted), so validation comes from
+the first of them:
     data/fineweb10B/fineweb_val_000000.bin, fineweb_train_000001.bin, ...
 Shard layout (llm.c): a header of 256 int32 (magic 20240520, version 1, token count, zeros), then the
 tokens as uint16 (GPT-2's 50257 ids fit). `load_shard(path)` checks the header and memory-maps the tokens.
@@ -219,7 +221,11 @@ def main(argv=None):
     if existing and not args.force:
         raise SystemExit(f"error: {args.out_dir} already holds {len(existing)} shard(s); pass --force=1 to rewrite them")
     _init_worker()  # fail fast, in this process, with gpt2_encoding()'s one-line message
-    texts = local_texts(expand_inputs(args.input)) if args.input else hub_texts(args.dataset, args.name)
+    files = expand_inputs(args.input) if args.input else None
+    if files and len(files) > 1:   # the validation shard is the start of the stream: say which file that is
+        print(f"validation: the first {val_tokens:,} tokens of {len(files)} inputs read in this order: "
+              + ", ".join(os.path.basename(f) for f in files), flush=True)
+    texts = local_texts(files) if files else hub_texts(args.dataset, args.name)
     os.makedirs(args.out_dir, exist_ok=True)   # only now: a run stopped by a bad input leaves no empty folder
     for f in existing:  # --force: stale higher-numbered shards must not survive next to the new ones
         os.remove(f)

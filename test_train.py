@@ -141,6 +141,23 @@ def test_prepare_small_empty_and_unreadable_inputs(tmp_path, monkeypatch):
     assert "\n" not in str(e.value)
 
 
+@needs_tokenizer
+def test_prepare_validation_comes_from_the_first_input(tmp_path, monkeypatch, capsys):
+    # several inputs are read in the order given, so the validation shard is the first input's text, and
+    # the run says which order that was (README: Wikipedia first, as results/reproduce_small.sh has it)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    enc = prepare_fineweb.gpt2_encoding()
+    a, b = tmp_path / "b_first.jsonl", tmp_path / "a_second.jsonl"
+    a.write_text("".join(json.dumps({"text": "alpha " * 20}) + "\n" for _ in range(5)))
+    b.write_text("".join(json.dumps({"text": "omega " * 20}) + "\n" for _ in range(45)))
+    out = str(tmp_path / "o")
+    prepare_fineweb.main(["--input", str(a), str(b), "--out_dir", out, "--val_tokens=40", "--workers=1"])
+    assert "validation: the first 40 tokens of 2 inputs read in this order: b_first.jsonl, a_second.jsonl" \
+        in capsys.readouterr().out
+    val = load_shard(prepare_fineweb.find_shards(out, "val")[0])
+    assert enc.decode(list(val)).strip().startswith("alpha") and "omega" not in enc.decode(list(val))
+
+
 def test_shard_header_validation(tmp_path):
     good = str(tmp_path / "a_train_000001.bin")
     toks = np.arange(1000, dtype=np.uint16) * 50
