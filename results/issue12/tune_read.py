@@ -1,5 +1,8 @@
 """Block size and warps of the Triton read kernels (model.READ_CFG), one compiled 300m block at T = 8192,
-forward + backward (bench.py's layer mode). GPU only.  python results/issue12/tune_read.py OUT_DIR"""
+forward + backward (bench.py's layer mode). GPU only.  python results/issue12/tune_read.py OUT_DIR
+
+Runs on commit dcf0228, where the read kernels are; they were removed after this measurement (tune_read.json:
+slower than the PyTorch read in every configuration), so on later commits model.READ_CFG does not exist."""
 import json
 import os
 import sys
