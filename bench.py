@@ -12,10 +12,11 @@ step, bf16 autocast, compiled per block (model.compile_model), the same global b
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
-Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec and the default),
-"infini-linear-fast" (memory_fast with its Triton kernels) or "infini-linear-torch" (memory_fast in PyTorch
-only); "infini-linear" means plain. check and stream run plain and fast. In train and layer modes a variant
-that fails (e.g. to compile) is recorded with its error (train) and the run goes on.
+Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec), "infini-linear-fast"
+(memory_fast, the model's default; for the delta rule with its Triton scan kernel on the GPU) or
+"infini-delta-torch" (memory_fast with the scan as the PyTorch loop; for the linear rule -torch and -fast are the
+same code); a bare "infini-linear" means plain here. check and stream run plain and fast. In train and layer
+modes a variant that fails (e.g. to compile) is recorded with its error and the run goes on.
 """
 import argparse
 import json
@@ -55,6 +56,7 @@ def check(args):
     from model import Attention, rope_cos_sin
     from test_model import ref_attention
     rows = []
+    model_py.TRITON_KERNELS = True                      # (a "-torch" variant may have switched it off)
     err = lambda a, b: ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()
     for update in ["linear", "delta"]:
         torch.manual_seed(0)
@@ -197,6 +199,7 @@ def stream(args):
     """Prefill a long prompt chunk by chunk. infini carries (M, z) between chunks, so activation memory
     is that of one chunk whatever the length; full attention takes the prompt in one call."""
     rows, path = [], os.path.join(args.out_dir, f"streaming_{args.tag}.json")
+    model_py.TRITON_KERNELS = True                      # (a "-torch" variant may have switched it off)
     for attn, memory in [("infini", "fast"), ("infini", "plain"), ("full", None)]:
         torch.manual_seed(0)
         model = Llama(make_config(args.model, attn=attn, segment=args.segment, fast_memory=memory != "plain")).cuda().eval()
@@ -234,7 +237,7 @@ def stream(args):
 def layer(args):
     """One 300m Block (attention + MLP, as one layer of training), compiled as compile_model compiles it:
     forward + backward under bf16 autocast with an fp32 residual input, as in the model. Reports the
-    median time of --layer_iters iterations, the activation memory one forward keeps for the backward,
+    median of 5 back-to-back runs of --layer_iters iterations (per iteration), the memory one forward keeps for the backward,
     and every CUDA kernel of one iteration (name, microseconds, launches), so variants can be diffed
     kernel by kernel against local attention in the same run."""
     rows, path = [], os.path.join(args.out_dir, f"layer_{args.tag}.json")
@@ -346,7 +349,8 @@ def get_parser():
     p.add_argument("--Ts", type=int, nargs="+", default=[8192, 32768, 4096, 16384], help="training sequence lengths")
     p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear-plain", "infini-linear-fast",
                                                       "infini-delta-plain", "infini-delta-fast"],
-                   help="attention[-update[-plain|-fast]] variants to time (plain = compressive_memory, fast = memory_fast)")
+                   help="attention[-update[-plain|-fast|-torch]] variants to time (plain = compressive_memory, "
+                        "fast = memory_fast, torch = memory_fast without its Triton kernel)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")

@@ -19,8 +19,9 @@ are never trained on). --loss_on=all (default) is next-token loss on the whole p
 nanotron's fine-tuning does; --loss_on=answer trains on the answer tokens " {k}." only. Every row is a
 function of (seed, its index), so resume is exact. val_loss is the loss on the answer tokens of fixed
 held-out samples with evaluation keys (--eval_tokens of them). The model's architecture comes from
-the checkpoint; only --segment, --update, --gate and --fast_memory may be changed, and --attn=infini adds
-the memory to a local or full checkpoint (its gates start at beta = 0, g = 0.5).
+the checkpoint; only --segment, --update and --gate may be changed, and --attn=infini adds the memory to
+a local or full checkpoint (its gates start at beta = 0, g = 0.5). --fast_memory is the flag's (default 1),
+whatever the checkpoint holds: a code path, not part of the model.
 --pack=0 puts one sample of exactly the row's length in each row instead (the memory then holds one key);
 --curriculum=1024,2048 trains on rows of 1024, then 2048, then --seq_len tokens, in equal shares of the
 steps, with more rows per micro-batch at the shorter lengths (the tokens per step stay the same).
@@ -87,9 +88,10 @@ def finetune_config(saved, args, path):
             raise SystemExit(f"error: --attn={args.attn} differs from {path}'s {cfg['attn']!r}; fine-tuning can only "
                              "add the memory (--attn=infini on a local or full checkpoint), not remove it")
         cfg["attn"] = "infini"
-    for k in ("segment", "update", "gate", "fast_memory"):
+    for k in ("segment", "update", "gate"):
         if getattr(args, k) is not None:
-            cfg[k] = bool(args.fast_memory) if k == "fast_memory" else getattr(args, k)
+            cfg[k] = getattr(args, k)
+    cfg["fast_memory"] = bool(args.fast_memory)   # a code path, not the model's: the flag's, whatever the checkpoint says
     try:
         return LlamaConfig(**cfg)
     except (ValueError, TypeError) as e:

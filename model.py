@@ -121,9 +121,14 @@ def _sig(t):
 EPS = 1e-6  # floor of the normaliser sigma(q) z: an empty memory (z = 0) then reads exactly zeros, never 0/0
 
 
-def normaliser(s, z):
+def raw_normaliser(s, z):
     """sigma(Q) z_{s-1} per token, (..., N, 1), as an fp32 sum (P2's denominator). s (..., N, D), z (..., D)."""
-    return (s.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True).clamp_min(EPS)
+    return (s.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)
+
+
+def normaliser(s, z):
+    """raw_normaliser on its floor: what the retrieval divides by."""
+    return raw_normaliser(s, z).clamp_min(EPS)
 
 
 def compressive_memory(sq, sk, v, update, n_full, memory=None):
@@ -174,8 +179,9 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
 # correct but wasteful on the GPU (bench.py --mode=layer lists its kernels): it keeps an fp32 copy of sigma(Q)
 # and the bf16 retrieval for the backward, reads k again to sum sigma(K) over a segment, and gets the gate's
 # gradient from two extra reductions over (B, S, H, N, D) tensors. Here, autograd Functions with hand-written
-# backwards keep only sigma(Q), sigma(K) (bf16, row-major, so no matmul needs a copy) and a normaliser per
-# token, and take every per-token quantity of the backward from the matmuls it needs anyway.
+# backwards keep sigma(Q), sigma(K) (bf16, row-major: the matmuls take them as they are), a row-major V (the
+# operand of sigma(K)^T V), SDPA's output and one normaliser per token, and take every per-token quantity of
+# the backward from the matmuls it needs anyway.
 
 class _Write(torch.autograd.Function):
     """The write side of eqs. 8-9: sigma(K) in k's dtype, its sum over each segment (the z increments) and
@@ -208,11 +214,11 @@ class _Write(torch.autograd.Function):
 
 class _DeltaW(torch.autograd.Function):
     """The delta rule's W_s = sigma(K)^T diag(1 / sigma(K) z_{s-1}) sigma(K) (eq. 9, as compressive_memory
-    computes it). Saves nothing new: the scaled right operand is recomputed from sigma(K) in the backward."""
+    computes it). Saves only its normaliser per token: the scaled right operand is recomputed from sigma(K)."""
 
     @staticmethod
     def forward(ctx, sk, z):
-        raw = (sk.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)
+        raw = raw_normaliser(sk, z)
         ctx.save_for_backward(sk, z, raw)
         return (sk.transpose(-1, -2) @ (sk / raw.clamp_min(EPS)).to(sk.dtype)).to(z.dtype)
 
@@ -237,7 +243,7 @@ class _ReadAndMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g):
         sq = _sig(q)[1].contiguous()          # row-major per segment and head, as the matmuls want it
-        raw = (sq.to(z.dtype) * z.unsqueeze(-2)).sum(-1, keepdim=True)     # normaliser before its floor
+        raw = raw_normaliser(sq, z)                                        # before its floor: backward's mask
         Mc = M.to(sq.dtype)
         a_mem = (sq @ Mc).to(M.dtype) / raw.clamp_min(EPS)                  # as in compressive_memory
         ctx.save_for_backward(sq, raw, Mc, z, y_dot, g)
@@ -282,6 +288,8 @@ if triton is not None:
     def _scan_fwd_kernel(M0, DM, W, MP, MOUT, S, H, n_full, D: tl.constexpr, BN: tl.constexpr, PREC: tl.constexpr):
         """M_prev[s] = M_{s-1}; M_s = M_{s-1} + dM_s - W_s M_{s-1} for s < n_full; MOUT = the last state.
         DM, W, MP are (B, S, H, D, D) contiguous, M0 and MOUT (B, H, D, D)."""
+        # program i = b H + h owns columns c of M; blk: offsets of those D x BN entries in a D x D matrix,
+        # full: offsets of all D x D entries (W_s is needed whole)
         i, r, c = tl.program_id(0), tl.arange(0, D), tl.program_id(1) * BN + tl.arange(0, BN)
         blk, full = r[:, None] * D + c[None, :], r[:, None] * D + r[None, :]
         b, h = i // H, i % H
@@ -305,6 +313,7 @@ if triton is not None:
             base = ((b * S + S - 1 - t) * H + h) * D * D
             if S - 1 - t < n_full:
                 tl.store(GDM + base + blk, g)
+                # W_s^T: W_s loaded row by row (coalesced), transposed in registers
                 g = g + tl.load(GMP + base + blk) - tl.dot(tl.trans(tl.load(W + base + full)), g, input_precision=PREC)
             else:
                 tl.store(GDM + base + blk, tl.zeros_like(g))
@@ -316,16 +325,18 @@ def _scan_on_gpu(t):
     """Whether _DeltaScan runs as the Triton kernels: a CUDA fp32 state, a head dim tl.dot takes."""
     D = t.shape[-1]
     return (TRITON_KERNELS and triton is not None and t.is_cuda and t.dtype == torch.float32
-            and 16 <= D <= 128 and D & (D - 1) == 0)
+            and 16 <= D <= 128 and D & (D - 1) == 0 and t.numel() < 2**31)   # (the kernels index in int32)
 
 
 SCAN_BN = 32   # columns a program: 4 programs a (batch, head) at D = 128, so more of them run at once
 
 
 def _scan_launch(kernel, *tensors, S, H, n_full):
-    """One program per (batch, head) and column block; the last tensor is the (B, H, D, D) state out."""
+    """One program per (batch, head) and column block; the kernels' last argument is the (B, H, D, D) state
+    they write, whose size gives the number of (batch, head) pairs."""
     D = tensors[-1].shape[-1]
     BN = min(SCAN_BN, D)
+    assert D % BN == 0, f"SCAN_BN ({SCAN_BN}) must divide the head dim ({D})"
     prec = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"   # as baddbmm runs the loop's matmuls
     kernel[(tensors[-1].numel() // (D * D), D // BN)](*tensors, S, H, n_full, D=D, BN=BN, PREC=prec)
 
@@ -357,11 +368,11 @@ class _DeltaScan(torch.autograd.Function):
         return M_prev, M
 
     @staticmethod
+    @torch.autograd.function.once_differentiable      # the kernels have no backward of their own
     def backward(ctx, gM_prev, gM):
         W, M_prev = ctx.saved_tensors
         B, S, H, D, _ = M_prev.shape
-        gM_prev = torch.zeros_like(W) if gM_prev is None else gM_prev.contiguous()
-        g = torch.zeros_like(W[:, 0]) if gM is None else gM.contiguous()   # gradient of the state after step s
+        gM_prev, g = gM_prev.contiguous(), gM.contiguous()    # g: the gradient of the state after step s
         if _scan_on_gpu(W):
             gdM, g0 = torch.empty_like(W), torch.empty_like(g)
             _scan_launch(_scan_bwd_kernel, W, gM_prev, g, gdM, g0, S=S, H=H, n_full=ctx.n_full)
@@ -395,10 +406,12 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
         M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
         M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
-        # (compiled, the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
-        # under a checkpoint it recomputes it from the bf16 sigma(K). Eager, _DeltaW's own saves are all there is.)
-        W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False) if torch.compiler.is_compiling() \
-            else _DeltaW.apply(sk, z_prev)
+        if torch.compiler.is_compiling():
+            # the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
+            # under a checkpoint it recomputes it from the bf16 sigma(K) instead
+            W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False)
+        else:                                # eager: _DeltaW's own saves are all there is
+            W = _DeltaW.apply(sk, z_prev)
         M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
     return _ReadAndMix.apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
@@ -459,7 +472,7 @@ class Attention(nn.Module):
                 # sigma is evaluated in fp32 and stored in the compute dtype of q
                 per_head = lambda t: t.transpose(2, 3)                              # (B, S, H, N, D)
                 g = self.gate().to(torch.promote_types(q.dtype, torch.float32)).view(1, 1, H, 1, 1)
-                if self.cfg.fast_memory:                                            # the same function, recomputing
+                if self.cfg.fast_memory:                                            # the same function, hand-written backwards
                     y, new_memory = memory_fast(
                         per_head(q), per_head(k), per_head(v), y, g, self.cfg.update, n_full, memory)
                 else:

@@ -172,6 +172,7 @@ def load_model(args, device):
         from train import load_checkpoint
         ckpt = load_checkpoint(args.ckpt)
         cfg = dict(ckpt["config"])
+        cfg["fast_memory"] = LlamaConfig.fast_memory   # a code path, not the model's: today's default, whatever was saved
         own = cfg["segment"]
         if args.segment is not None:
             if cfg["attn"] == "full":
