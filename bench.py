@@ -130,13 +130,19 @@ def parse_variant(v):
     return attn, update, (memory or "plain") if attn == "infini" else None
 
 
-def train_one(args, T, attn, update, memory, variant):
-    """One variant at one T: compile, warm up, time args.steps steps; the JSON row."""
+def variant_config(args, attn, update, memory):
+    """A fresh start for one variant (compile caches reset, seed 0) and its model config; "-torch" switches
+    memory_fast's Triton kernel off until the next variant."""
     torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
     torch.manual_seed(0)
-    cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
-                      fast_memory=memory not in (None, "plain"))
     model_py.TRITON_KERNELS = memory != "torch"
+    return make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
+                       fast_memory=memory not in (None, "plain"))
+
+
+def train_one(args, T, attn, update, memory, variant):
+    """One variant at one T: compile, warm up, time args.steps steps; the JSON row."""
+    cfg = variant_config(args, attn, update, memory)
     model = Llama(cfg).cuda()
     opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
     if args.compile:
@@ -271,22 +277,18 @@ def layer_one(args, T, variant):
     """One variant of layer mode at one T: the JSON row."""
     from model import Block, rope_cos_sin
     attn, update, memory = parse_variant(variant)
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    cfg = make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
-                      fast_memory=memory not in (None, "plain"))
-    model_py.TRITON_KERNELS = memory != "torch"
+    cfg = variant_config(args, attn, update, memory)
     block = Block(cfg).cuda()
     if attn == "infini":
         with torch.no_grad():
             block.attn.beta.normal_(0, 1.0)
     if args.compile:
         block.compile()
-    code_log = None
+    code_log, code_logger = None, logging.getLogger("torch._inductor.codecache.__output_code")
     if args.dump_code:                    # inductor's generated code of this variant, for reading the kernels
         torch._logging.set_logs(output_code=True)
         code_log = logging.FileHandler(os.path.join(args.out_dir, f"code_{variant}_{T}.txt"), mode="w")
-        logging.getLogger("torch._inductor.codecache.__output_code").addHandler(code_log)
+        code_logger.addHandler(code_log)
     B = args.tokens // T
     x = torch.randn(B, T, cfg.n_embd, device="cuda", requires_grad=True)
     dy = torch.randn(B, T, cfg.n_embd, device="cuda")
@@ -306,7 +308,7 @@ def layer_one(args, T, variant):
         fb()
     torch.cuda.synchronize()
     if code_log is not None:
-        logging.getLogger("torch._inductor.codecache.__output_code").removeHandler(code_log)
+        code_logger.removeHandler(code_log)
         code_log.close()
         torch._logging.set_logs()
     base = torch.cuda.memory_allocated()
