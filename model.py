@@ -392,21 +392,291 @@ class _DeltaScan(torch.autograd.Function):
         return g, gdM, -(gdM @ M_prev.transpose(-1, -2)), None
 
 
+# The rest of the memory as four Triton kernels on the GPU. Compiled from PyTorch, _Write, _DeltaW and
+# _ReadAndMix make about 35 memory-bound passes over (B, S, H, N, D) tensors a layer (50 for the delta rule):
+# sigma(Q), sigma(K) and a row-major V written for cuBLAS and read back, the retrieval and its backward's
+# operands materialised in between, because the inductor cannot fuse elementwise work into a matmul. Here
+# each kernel reads q, k, v where the qkv projection left them (saved for SDPA anyway), applies sigma in
+# registers, and does the memory's D x D matmuls on tiles of BLOCK rows with the state in registers:
+#   _write_fwd_kernel   per segment: sigma(K)^T V and sum sigma(K) (or the delta rule's W_s)   reads k, v
+#   _read_fwd_kernel    per row block: y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot      q, y_dot -> y
+#   _read_bwd_kernel    per segment: dq, dy_dot row by row; dM, dz, dg summed over its rows  dy, q, y_dot
+#   _write_bwd_kernel   per row block: dk, dv (+ the delta rule's terms through W_s)          k, v -> dk, dv
+# (and _delta_dz_kernel, the delta rule's gradient of z through W_s, summed per segment). About 17 passes
+# for the linear rule; sigma(Q), sigma(K) are never stored. The retrieval stays in fp32 before its division
+# (the PyTorch path rounds it to bf16). Tested against the PyTorch path (test_model.py, through Triton's
+# interpreter on the CPU) and float64 on the GPU (bench.py --mode=check).
+if triton is not None:
+    @triton.jit
+    def _offs(i, rn, S, H, st_b, st_s, st_h, st_n, D: tl.constexpr):
+        """Offsets of rows rn of (batch, segment, head) i = (b S + s) H + h in a (B, S, H, N, D) tensor."""
+        b, s, h = i // (S * H), (i // H) % S, i % H
+        return b * st_b + s * st_s + h * st_h + rn[:, None] * st_n + tl.arange(0, D)[None, :]
+
+    @triton.jit
+    def _sigma(X, off, rows):
+        """sigma(x) = ELU + 1 of a tile, in fp32 and rounded to X's dtype (the matmul operand); zero rows past N."""
+        x = tl.load(X + off, mask=rows[:, None], other=0.0).to(tl.float32)
+        s = tl.where(rows[:, None], tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+        return s, s.to(X.dtype.element_ty)
+
+    @triton.jit
+    def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, PER, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n, EPS,
+                          D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
+        """OUT[i, j] = sigma(K)^T V (DELTA: sigma(K)^T diag(1 / sigma(K) z) sigma(K)) over rows j PER ..
+        (j + 1) PER of segment-head i, and OUTZ[i, j] their sum of sigma(K)."""
+        i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
+        acc, zacc = tl.zeros((D, D), tl.float32), tl.zeros((D,), tl.float32)
+        if DELTA:
+            z = tl.load(Z + i * D + rd)
+        for n0 in range(j * PER, j * PER + PER, BLOCK):
+            rn = n0 + tl.arange(0, BLOCK)
+            rows = rn < N
+            s32, sk = _sigma(K, _offs(i, rn, S, H, k_b, k_s, k_h, k_n, D), rows)
+            if DELTA:
+                raw = tl.sum(sk.to(tl.float32) * z[None, :], axis=1)
+                right = (sk.to(tl.float32) / tl.maximum(raw, EPS)[:, None]).to(sk.dtype)
+            else:
+                right = tl.load(V + _offs(i, rn, S, H, v_b, v_s, v_h, v_n, D), mask=rows[:, None], other=0.0)
+                zacc += tl.sum(sk.to(tl.float32), axis=0)
+            acc += tl.dot(tl.trans(sk), right, input_precision=PREC)
+        slot = i * tl.num_programs(1) + j
+        tl.store(OUT + slot * D * D + rd[:, None] * D + rd[None, :], acc)
+        tl.store(OUTZ + slot * D + rd, zacc)
+
+    @triton.jit
+    def _read_fwd_kernel(Q, YD, Y, MC, Z, G, S, H, N, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
+                         y_b, y_s, y_h, y_n, EPS, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        i, rd = tl.program_id(0), tl.arange(0, D)
+        rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        rows = rn < N
+        _, sq = _sigma(Q, _offs(i, rn, S, H, q_b, q_s, q_h, q_n, D), rows)
+        raw = tl.sum(sq.to(tl.float32) * tl.load(Z + i * D + rd)[None, :], axis=1)     # sigma(q) z_{s-1}
+        a = tl.dot(sq, tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :]), input_precision=PREC)
+        g = tl.load(G + i % H)
+        yd = tl.load(YD + _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D), mask=rows[:, None], other=0.0)
+        y = g * a / tl.maximum(raw, EPS)[:, None] + (1.0 - g) * yd.to(tl.float32)
+        tl.store(Y + _offs(i, rn, S, H, y_b, y_s, y_h, y_n, D), y.to(Y.dtype.element_ty), mask=rows[:, None])
+
+    @triton.jit
+    def _read_bwd_kernel(DY, Q, YD, MC, Z, G, DQ, DYD, DMP, DZP, DGP, S, H, N, PER, y_b, y_s, y_h, y_n,
+                         q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n, EPS,
+                         D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dy, dy_dot share strides
+        (y's); dq has its own (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
+        i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
+        mt = tl.load(MC + i * D * D + rd[None, :] * D + rd[:, None])                   # M^T
+        z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
+        dm, dz, dg = tl.zeros((D, D), tl.float32), tl.zeros((D,), tl.float32), tl.zeros((BLOCK,), tl.float32)
+        for n0 in range(j * PER, j * PER + PER, BLOCK):
+            rn = n0 + tl.arange(0, BLOCK)
+            rows = rn < N
+            off_q, off_y = _offs(i, rn, S, H, q_b, q_s, q_h, q_n, D), _offs(i, rn, S, H, y_b, y_s, y_h, y_n, D)
+            _, sq = _sigma(Q, off_q, rows)
+            s32 = sq.to(tl.float32)
+            raw = tl.sum(s32 * z[None, :], axis=1)
+            den = tl.maximum(raw, EPS)
+            dy = tl.load(DY + off_y, mask=rows[:, None], other=0.0).to(tl.float32)
+            u = (dy / den[:, None]).to(sq.dtype)
+            gm = tl.dot(u, mt, input_precision=PREC)                                   # dy M^T / den
+            dya = tl.sum(s32 * gm, axis=1)                                              # dy . A_mem per token
+            dden = tl.where(raw >= EPS, -g * dya / den, 0.0)                           # none through the floor
+            dq = (g * gm + dden[:, None] * z[None, :]) * tl.minimum(s32, 1.0)          # elu'(x) = min(sigma(x), 1)
+            tl.store(DQ + _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D), dq.to(DQ.dtype.element_ty), mask=rows[:, None])
+            tl.store(DYD + off_y, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
+            dm += tl.dot(tl.trans(sq), u, input_precision=PREC)
+            dz += tl.sum(dden[:, None] * s32, axis=0)
+            yd = tl.load(YD + _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D), mask=rows[:, None], other=0.0)
+            dg += dya - tl.sum(dy * yd.to(tl.float32), axis=1)
+        slot = i * tl.num_programs(1) + j
+        tl.store(DMP + slot * D * D + rd[:, None] * D + rd[None, :], g * dm)
+        tl.store(DZP + slot * D + rd, dz)
+        tl.store(DGP + slot, tl.sum(dg, axis=0))
+
+    @triton.jit
+    def _write_bwd_kernel(K, V, GDM, GZS, GS, Z, DK, DV, S, H, N, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
+                          o_b, o_s, o_h, o_n, EPS,
+                          D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
+        """dsigma(K) = V dM^T + dz (DELTA: + the gradient through W_s, with GS = gW + gW^T), dk = dsigma(K)
+        elu'(k); dV = sigma(K) dM. dk and dv are laid out alike (strides o_*)."""
+        i, rd = tl.program_id(0), tl.arange(0, D)
+        rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        rows = rn < N
+        off_k, off_v = _offs(i, rn, S, H, k_b, k_s, k_h, k_n, D), _offs(i, rn, S, H, v_b, v_s, v_h, v_n, D)
+        s32, sk = _sigma(K, off_k, rows)
+        v = tl.load(V + off_v, mask=rows[:, None], other=0.0)
+        gdm = tl.load(GDM + i * D * D + rd[:, None] * D + rd[None, :]).to(sk.dtype)
+        dsk = tl.dot(v, tl.trans(gdm), input_precision=PREC) + tl.load(GZS + i * D + rd)[None, :]
+        off_o = _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D)
+        tl.store(DV + off_o, tl.dot(sk, gdm, input_precision=PREC).to(DV.dtype.element_ty), mask=rows[:, None])
+        if DELTA:
+            # W_s = sum_n sigma(k_n)^T sigma(k_n) / den_n, den_n = sigma(k_n) z_{s-1}:
+            # dsigma(k_n) = Y_n / den_n - (Y_n . sigma(k_n)) / (2 den_n^2) z_{s-1},  Y = sigma(K) (gW + gW^T)
+            z, sf = tl.load(Z + i * D + rd), sk.to(tl.float32)
+            raw = tl.sum(sf * z[None, :], axis=1)
+            den = tl.maximum(raw, EPS)
+            y = tl.dot(sk, tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :]), input_precision=PREC)
+            dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
+            dsk += y / den[:, None] + dden[:, None] * z[None, :]
+        tl.store(DK + off_o, (dsk * tl.minimum(s32, 1.0)).to(DK.dtype.element_ty), mask=rows[:, None])
+
+    @triton.jit
+    def _delta_dz_kernel(K, GS, Z, OUT, S, H, N, PER, k_b, k_s, k_h, k_n, EPS,
+                         D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """The gradient of z_{s-1} through W_s: sum over rows j PER .. (j + 1) PER of dden_n sigma(k_n)."""
+        i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
+        z, gs = tl.load(Z + i * D + rd), tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :])
+        acc = tl.zeros((D,), tl.float32)
+        for n0 in range(j * PER, j * PER + PER, BLOCK):
+            rn = n0 + tl.arange(0, BLOCK)
+            rows = rn < N
+            _, sk = _sigma(K, _offs(i, rn, S, H, k_b, k_s, k_h, k_n, D), rows)
+            sf = sk.to(tl.float32)
+            raw = tl.sum(sf * z[None, :], axis=1)
+            den = tl.maximum(raw, EPS)
+            y = tl.dot(sk, gs, input_precision=PREC)
+            dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
+            acc += tl.sum(dden[:, None] * sf, axis=0)
+        tl.store(OUT + (i * tl.num_programs(1) + j) * D + rd, acc)
+
+
+def _fused_on_gpu(q):
+    """Whether memory_fast runs as the Triton kernels: CUDA, bf16/fp16/fp32, a head dim tl.dot takes, and
+    offsets that fit the kernels' int32 arithmetic."""
+    D = q.shape[-1]
+    span = 1 + sum((n - 1) * st for n, st in zip(q.shape, q.stride()))
+    return (TRITON_KERNELS and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and 16 <= D <= 128 and D & (D - 1) == 0 and span < 2**31 // 4)
+
+
+KERNEL_CFG = dict(rows=(64, 4), loop=(64, 8), split=2)   # row-block kernels: (rows, warps); per-segment ones; row ranges a segment
+
+
+def _st(t):
+    """The (B, S, H, N) strides of a (B, S, H, N, D) tensor whose last stride is 1."""
+    assert t.stride(-1) == 1
+    return t.stride()[:4]
+
+
+def _prec(t):
+    return "tf32" if t.dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _like_qkv(t):
+    """An empty (B, S, H, N, D) tensor laid out as (B, S, N, H, D), as the qkv projection lays out q, k, v."""
+    B, S, H, N, D = t.shape
+    return t.new_empty(B, S, N, H, D).transpose(2, 3)
+
+
+def _split(N):
+    """Rows a per-segment program covers (a multiple of its block) and the number of such programs."""
+    block = KERNEL_CFG["loop"][0]
+    per = -(-(-(-N // KERNEL_CFG["split"])) // block) * block
+    return per, -(-N // per)
+
+
+def _segment_sums(k, v, z=None):
+    """_write_fwd_kernel: (sigma(K)^T V, sum sigma(K)) per segment, or W_s given z_{s-1}. fp32."""
+    B, S, H, N, D = k.shape
+    (block, warps), (per, ns) = KERNEL_CFG["loop"], _split(N)
+    out, outz = k.new_empty(B, S, H, ns, D, D, dtype=torch.float32), k.new_empty(B, S, H, ns, D, dtype=torch.float32)
+    v = k if v is None else v
+    _write_fwd_kernel[(B * S * H, ns)](k, v, outz if z is None else z.contiguous(), out, outz, S, H, N, per,
+                                       *_st(k), *_st(v), EPS, D=D, BLOCK=block, DELTA=z is not None,
+                                       PREC=_prec(k), num_warps=warps)
+    return out.sum(3), outz.sum(3)
+
+
+class _WriteGPU(torch.autograd.Function):
+    """The write side of eqs. 8-9 in Triton: from k, v (B, S, H, N, D) and z_0 (B, H, D) to sigma(K)^T V
+    per segment, z_s after every segment and, for the delta rule, W_s (else an empty tensor). One function,
+    because W_s depends on z_{s-1}: its backward sums the gradient of z through W_s before dk."""
+
+    @staticmethod
+    def forward(ctx, k, v, z0, delta):
+        dM, zs = _segment_sums(k, v)
+        z_after = z0[:, None] + zs.cumsum(dim=1)
+        z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1).contiguous()
+        W = _segment_sums(k, None, z_prev)[0] if delta else dM.new_empty(0)
+        ctx.save_for_backward(k, v, z_prev)
+        ctx.delta = delta
+        return dM, z_after, W
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_dM, g_z, g_W):
+        k, v, z_prev = ctx.saved_tensors
+        B, S, H, N, D = k.shape
+        g_z, g_z0 = g_z.clone(), torch.zeros_like(z_prev[:, 0])
+        gs = (g_W + g_W.transpose(-1, -2)).to(k.dtype).contiguous() if ctx.delta else g_dM   # (unused: linear)
+        if ctx.delta:                             # the gradient of z_{s-1} through W_s, then into z_{s-1}'s parts
+            (block, warps), (per, ns) = KERNEL_CFG["loop"], _split(N)
+            gzp = z_prev.new_empty(B, S, H, ns, D)
+            _delta_dz_kernel[(B * S * H, ns)](k, gs, z_prev, gzp, S, H, N, per, *_st(k), EPS,
+                                              D=D, BLOCK=block, PREC=_prec(k), num_warps=warps)
+            gzp = gzp.sum(3)
+            g_z[:, :-1] += gzp[:, 1:]
+            g_z0 += gzp[:, 0]
+        g_zs = g_z.flip(1).cumsum(dim=1).flip(1)                               # z_s = z_0 + sum_{t <= s} zs_t
+        dk, dv = _like_qkv(k), _like_qkv(v)
+        block, warps = KERNEL_CFG["rows"]
+        _write_bwd_kernel[(B * S * H, triton.cdiv(N, block))](
+            k, v, g_dM.contiguous(), g_zs.contiguous(), gs, z_prev, dk, dv, S, H, N, *_st(k), *_st(v), *_st(dk), EPS,
+            D=D, BLOCK=block, DELTA=ctx.delta, PREC=_prec(k), num_warps=warps)
+        return dk, dv, g_z0 + g_z.sum(1), None
+
+
+class _ReadGPU(torch.autograd.Function):
+    """_ReadAndMix in Triton: saves nothing per token beyond q and y_dot, which SDPA keeps anyway."""
+
+    @staticmethod
+    def forward(ctx, q, M, z, y_dot, g):
+        B, S, H, N, D = q.shape
+        Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.reshape(H).contiguous()
+        y = _like_qkv(y_dot)                                                   # laid out as wo's input
+        block, warps = KERNEL_CFG["rows"]
+        _read_fwd_kernel[(B * S * H, triton.cdiv(N, block))](
+            q, y_dot, y, Mc, z, g, S, H, N, *_st(q), *_st(y_dot), *_st(y), EPS,
+            D=D, BLOCK=block, PREC=_prec(q), num_warps=warps)
+        ctx.save_for_backward(q, Mc, z, y_dot, g)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        q, Mc, z, y_dot, g = ctx.saved_tensors
+        B, S, H, N, D = q.shape
+        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+        (block, warps), (per, ns) = KERNEL_CFG["loop"], _split(N)
+        dq, dyd = _like_qkv(q), torch.empty_strided(dy.shape, dy.stride(), dtype=y_dot.dtype, device=dy.device)
+        dmp, dzp, dgp = z.new_empty(B, S, H, ns, D, D), z.new_empty(B, S, H, ns, D), z.new_empty(B, S, H, ns)
+        _read_bwd_kernel[(B * S * H, ns)](dy, q, y_dot, Mc, z, g, dq, dyd, dmp, dzp, dgp, S, H, N, per,
+                                          *_st(dy), *_st(q), *_st(y_dot), *_st(dq), EPS,
+                                          D=D, BLOCK=block, PREC=_prec(q), num_warps=warps)
+        return dq, dmp.sum(3), dzp.sum(3), dyd, dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
+
+
 def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     """compressive_memory + the gate mix of eq. 10, from q, k before sigma: (y (B, S, H, N, D) in y_dot's
     dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype."""
     B, S, H, N, D = q.shape
     sd = torch.promote_types(q.dtype, torch.float32)
     M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
-    sk, zs, dM = _Write.apply(k, v)
-    z_after = z0[:, None] + zs.cumsum(dim=1)                               # the same lines as compressive_memory
+    fused = _fused_on_gpu(q)
+    if fused:
+        dM, z_after, W = _WriteGPU.apply(k, v, z0, update == "delta")
+    else:
+        sk, zs, dM = _Write.apply(k, v)
+        z_after = z0[:, None] + zs.cumsum(dim=1)                           # the same lines as compressive_memory
     z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1)
     if update == "linear":
         M_after = M0[:, None] + dM.cumsum(dim=1)
         M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
         M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
-        if torch.compiler.is_compiling():
+        if fused:
+            pass                                 # W came with dM
+        elif torch.compiler.is_compiling():
             # the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
             # under a checkpoint it recomputes it from the bf16 sigma(K) instead
             W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False)
@@ -414,7 +684,7 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
             W = _DeltaW.apply(sk, z_prev)
         M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
-    return _ReadAndMix.apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
+    return (_ReadGPU if fused else _ReadAndMix).apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
 
 # -----------------------------------------------------------------------------
 # attention
