@@ -421,8 +421,8 @@ if triton is not None:
         return s, s.to(X.dtype.element_ty)
 
     @triton.jit
-    def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, PER, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n, EPS,
-                          D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
+    def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, PER, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
+                          EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
         """OUT[i, j] = sigma(K)^T V (DELTA: sigma(K)^T diag(1 / sigma(K) z) sigma(K)) over rows j PER ..
         (j + 1) PER of segment-head i, and OUTZ[i, j] their sum of sigma(K)."""
         i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
@@ -446,7 +446,7 @@ if triton is not None:
 
     @triton.jit
     def _read_fwd_kernel(Q, YD, Y, MC, Z, G, S, H, N, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
-                         y_b, y_s, y_h, y_n, EPS, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+                         y_b, y_s, y_h, y_n, EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
         i, rd = tl.program_id(0), tl.arange(0, D)
         rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         rows = rn < N
@@ -460,8 +460,8 @@ if triton is not None:
 
     @triton.jit
     def _read_bwd_kernel(DY, Q, YD, MC, Z, G, DQ, DYD, DMP, DZP, DGP, S, H, N, PER, y_b, y_s, y_h, y_n,
-                         q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n, EPS,
-                         D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+                         q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n,
+                         EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
         """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dy, dy_dot share strides
         (y's); dq has its own (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
         i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
@@ -495,8 +495,8 @@ if triton is not None:
 
     @triton.jit
     def _write_bwd_kernel(K, V, GDM, GZS, GS, Z, DK, DV, S, H, N, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
-                          o_b, o_s, o_h, o_n, EPS,
-                          D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
+                          o_b, o_s, o_h, o_n,
+                          EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
         """dsigma(K) = V dM^T + dz (DELTA: + the gradient through W_s, with GS = gW + gW^T), dk = dsigma(K)
         elu'(k); dV = sigma(K) dM. dk and dv are laid out alike (strides o_*)."""
         i, rd = tl.program_id(0), tl.arange(0, D)
@@ -521,8 +521,8 @@ if triton is not None:
         tl.store(DK + off_o, (dsk * tl.minimum(s32, 1.0)).to(DK.dtype.element_ty), mask=rows[:, None])
 
     @triton.jit
-    def _delta_dz_kernel(K, GS, Z, OUT, S, H, N, PER, k_b, k_s, k_h, k_n, EPS,
-                         D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+    def _delta_dz_kernel(K, GS, Z, OUT, S, H, N, PER, k_b, k_s, k_h, k_n,
+                         EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
         """The gradient of z_{s-1} through W_s: sum over rows j PER .. (j + 1) PER of dden_n sigma(k_n)."""
         i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
         z, gs = tl.load(Z + i * D + rd), tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :])
@@ -549,7 +549,10 @@ def _fused_on_gpu(q):
             and 16 <= D <= 128 and D & (D - 1) == 0 and span < 2**31 // 4)
 
 
-KERNEL_CFG = dict(rows=(64, 4), loop=(64, 8), split=2)   # row-block kernels: (rows, warps); per-segment ones; row ranges a segment
+# per kernel: (rows a tile, warps, pipeline stages, programs a segment); the row-block kernels run one
+# program per tile, so the last entry is theirs only in name
+KERNEL_CFG = dict(write_fwd=(64, 8, 2, 2), read_fwd=(64, 4, 1, 1), read_bwd=(32, 4, 1, 2), write_bwd=(64, 8, 1, 1),
+                  delta_dz=(64, 8, 2, 2))
 
 
 def _st(t):
@@ -568,23 +571,67 @@ def _like_qkv(t):
     return t.new_empty(B, S, N, H, D).transpose(2, 3)
 
 
-def _split(N):
-    """Rows a per-segment program covers (a multiple of its block) and the number of such programs."""
-    block = KERNEL_CFG["loop"][0]
-    per = -(-(-(-N // KERNEL_CFG["split"])) // block) * block
-    return per, -(-N // per)
+def _split(name, N):
+    """Rows each program of a per-segment kernel covers (a multiple of its tile), and programs a segment."""
+    block, split = KERNEL_CFG[name][0], KERNEL_CFG[name][3]
+    per = triton.cdiv(triton.cdiv(N, split), block) * block
+    return per, triton.cdiv(N, per)
+
+
+def _launch(kernel, name, t, n, *args, **kw):
+    """kernel on (B S H, n) programs for the (B, S, H, N, D) tensor t, configured by KERNEL_CFG[name]."""
+    B, S, H, N, D = t.shape
+    block, warps, stages, _ = KERNEL_CFG[name]
+    kernel[(B * S * H, n)](*args, **kw, EPS=EPS, D=D, BLOCK=block, PREC=_prec(t), num_warps=warps, num_stages=stages)
 
 
 def _segment_sums(k, v, z=None):
-    """_write_fwd_kernel: (sigma(K)^T V, sum sigma(K)) per segment, or W_s given z_{s-1}. fp32."""
+    """(sigma(K)^T V, sum sigma(K)) per segment, or, given z_{s-1}, W_s. fp32 (B, S, H, D, D), (B, S, H, D)."""
     B, S, H, N, D = k.shape
-    (block, warps), (per, ns) = KERNEL_CFG["loop"], _split(N)
-    out, outz = k.new_empty(B, S, H, ns, D, D, dtype=torch.float32), k.new_empty(B, S, H, ns, D, dtype=torch.float32)
+    per, n = _split("write_fwd", N)
+    out, outz = k.new_empty(B, S, H, n, D, D, dtype=torch.float32), k.new_empty(B, S, H, n, D, dtype=torch.float32)
     v = k if v is None else v
-    _write_fwd_kernel[(B * S * H, ns)](k, v, outz if z is None else z.contiguous(), out, outz, S, H, N, per,
-                                       *_st(k), *_st(v), EPS, D=D, BLOCK=block, DELTA=z is not None,
-                                       PREC=_prec(k), num_warps=warps)
+    _launch(_write_fwd_kernel, "write_fwd", k, n, k, v, outz if z is None else z, out, outz, S, H, N, per,
+            *_st(k), *_st(v), DELTA=z is not None)
     return out.sum(3), outz.sum(3)
+
+
+def _read_fwd(q, Mc, z, y_dot, g):
+    """y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot, laid out as wo's input."""
+    B, S, H, N, D = q.shape
+    y = _like_qkv(y_dot)
+    _launch(_read_fwd_kernel, "read_fwd", q, triton.cdiv(N, KERNEL_CFG["read_fwd"][0]), q, y_dot, y, Mc, z, g,
+            S, H, N, *_st(q), *_st(y_dot), *_st(y))
+    return y
+
+
+def _read_bwd(dy, q, Mc, z, y_dot, g):
+    """dq, dy_dot, dM, dz, dg of _read_fwd (each segment's partial sums added here)."""
+    B, S, H, N, D = q.shape
+    per, n = _split("read_bwd", N)
+    dq, dyd = _like_qkv(q), torch.empty_strided(dy.shape, dy.stride(), dtype=y_dot.dtype, device=dy.device)
+    dmp, dzp, dgp = z.new_empty(B, S, H, n, D, D), z.new_empty(B, S, H, n, D), z.new_empty(B, S, H, n)
+    _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq, dyd, dmp, dzp, dgp, S, H, N, per,
+            *_st(dy), *_st(q), *_st(y_dot), *_st(dq))
+    return dq, dyd, dmp.sum(3), dzp.sum(3), dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
+
+
+def _delta_dz(k, gs, z_prev):
+    """The gradient of z_{s-1} through W_s, (B, S, H, D), given gs = gW + gW^T in k's dtype."""
+    B, S, H, N, D = k.shape
+    per, n = _split("delta_dz", N)
+    out = z_prev.new_empty(B, S, H, n, D)
+    _launch(_delta_dz_kernel, "delta_dz", k, n, k, gs, z_prev, out, S, H, N, per, *_st(k))
+    return out.sum(3)
+
+
+def _write_bwd(k, v, g_dM, g_zs, gs, z_prev, delta):
+    """dk, dv of the write: from the gradients of sigma(K)^T V, of sum sigma(K) and (delta) of W_s."""
+    B, S, H, N, D = k.shape
+    dk, dv = _like_qkv(k), _like_qkv(v)
+    _launch(_write_bwd_kernel, "write_bwd", k, triton.cdiv(N, KERNEL_CFG["write_bwd"][0]), k, v, g_dM, g_zs, gs,
+            z_prev, dk, dv, S, H, N, *_st(k), *_st(v), *_st(dk), DELTA=delta)
+    return dk, dv
 
 
 class _WriteGPU(torch.autograd.Function):
@@ -606,23 +653,14 @@ class _WriteGPU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_dM, g_z, g_W):
         k, v, z_prev = ctx.saved_tensors
-        B, S, H, N, D = k.shape
         g_z, g_z0 = g_z.clone(), torch.zeros_like(z_prev[:, 0])
         gs = (g_W + g_W.transpose(-1, -2)).to(k.dtype).contiguous() if ctx.delta else g_dM   # (unused: linear)
-        if ctx.delta:                             # the gradient of z_{s-1} through W_s, then into z_{s-1}'s parts
-            (block, warps), (per, ns) = KERNEL_CFG["loop"], _split(N)
-            gzp = z_prev.new_empty(B, S, H, ns, D)
-            _delta_dz_kernel[(B * S * H, ns)](k, gs, z_prev, gzp, S, H, N, per, *_st(k), EPS,
-                                              D=D, BLOCK=block, PREC=_prec(k), num_warps=warps)
-            gzp = gzp.sum(3)
+        if ctx.delta:                             # the gradient of z_{s-1} through W_s goes to z_{s-1}'s parts
+            gzp = _delta_dz(k, gs, z_prev)
             g_z[:, :-1] += gzp[:, 1:]
             g_z0 += gzp[:, 0]
         g_zs = g_z.flip(1).cumsum(dim=1).flip(1)                               # z_s = z_0 + sum_{t <= s} zs_t
-        dk, dv = _like_qkv(k), _like_qkv(v)
-        block, warps = KERNEL_CFG["rows"]
-        _write_bwd_kernel[(B * S * H, triton.cdiv(N, block))](
-            k, v, g_dM.contiguous(), g_zs.contiguous(), gs, z_prev, dk, dv, S, H, N, *_st(k), *_st(v), *_st(dk), EPS,
-            D=D, BLOCK=block, DELTA=ctx.delta, PREC=_prec(k), num_warps=warps)
+        dk, dv = _write_bwd(k, v, g_dM.contiguous(), g_zs.contiguous(), gs, z_prev, ctx.delta)
         return dk, dv, g_z0 + g_z.sum(1), None
 
 
@@ -631,29 +669,16 @@ class _ReadGPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g):
-        B, S, H, N, D = q.shape
-        Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.reshape(H).contiguous()
-        y = _like_qkv(y_dot)                                                   # laid out as wo's input
-        block, warps = KERNEL_CFG["rows"]
-        _read_fwd_kernel[(B * S * H, triton.cdiv(N, block))](
-            q, y_dot, y, Mc, z, g, S, H, N, *_st(q), *_st(y_dot), *_st(y), EPS,
-            D=D, BLOCK=block, PREC=_prec(q), num_warps=warps)
+        Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.reshape(-1).contiguous()
         ctx.save_for_backward(q, Mc, z, y_dot, g)
-        return y
+        return _read_fwd(q, Mc, z, y_dot, g)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         q, Mc, z, y_dot, g = ctx.saved_tensors
-        B, S, H, N, D = q.shape
-        dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-        (block, warps), (per, ns) = KERNEL_CFG["loop"], _split(N)
-        dq, dyd = _like_qkv(q), torch.empty_strided(dy.shape, dy.stride(), dtype=y_dot.dtype, device=dy.device)
-        dmp, dzp, dgp = z.new_empty(B, S, H, ns, D, D), z.new_empty(B, S, H, ns, D), z.new_empty(B, S, H, ns)
-        _read_bwd_kernel[(B * S * H, ns)](dy, q, y_dot, Mc, z, g, dq, dyd, dmp, dzp, dgp, S, H, N, per,
-                                          *_st(dy), *_st(q), *_st(y_dot), *_st(dq), EPS,
-                                          D=D, BLOCK=block, PREC=_prec(q), num_warps=warps)
-        return dq, dmp.sum(3), dzp.sum(3), dyd, dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
+        dq, dyd, dM, dz, dg = _read_bwd(dy if dy.stride(-1) == 1 else dy.contiguous(), q, Mc, z, y_dot, g)
+        return dq, dM, dz, dyd, dg
 
 
 def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):

@@ -29,7 +29,7 @@ def memory_run(fn, fused, update, dtype, B=2, S=4, H=8, N=1024, D=128, n_full=4)
     torch.manual_seed(0)
     qkv = torch.randn(B, S, N, 3, H, D, device="cuda").to(dtype)
     yd = torch.randn(B, S, N, H, D, device="cuda").to(dtype).transpose(2, 3)
-    g = torch.rand(1, 1, H, 1, 1, device="cuda", dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    g = torch.rand(1, 1, H, 1, 1, device="cuda").to(torch.float64 if dtype == torch.float64 else torch.float32)
     leaves = [t.clone().requires_grad_(True) for t in (qkv, yd, g)]
     q, k, v = (leaves[0][:, :, :, c].transpose(2, 3) for c in range(3))
     model._fused_on_gpu = fused_on_gpu if fused else (lambda q: False)
@@ -61,9 +61,9 @@ if not quick:
     plan += [(32768, "local", True, None), (32768, "infini-linear-fast", False, None),
              (32768, "infini-linear-fast", True, None), (32768, "infini-delta-fast", False, None),
              (32768, "infini-delta-fast", True, None),
-             (8192, "infini-linear-fast", True, dict(rows=(64, 8), loop=(64, 8), split=2)),
-             (8192, "infini-linear-fast", True, dict(rows=(128, 8), loop=(32, 4), split=2)),
-             (8192, "infini-linear-fast", True, dict(rows=(64, 4), loop=(64, 8), split=1))]
+             (8192, "infini-linear-fast", True, dict(rows=(64, 8), loop=(64, 8, 2), split=2)),
+             (8192, "infini-linear-fast", True, dict(rows=(128, 8), loop=(32, 4, 1), split=2)),
+             (8192, "infini-linear-fast", True, dict(rows=(64, 4), loop=(64, 8, 1), split=1))]
 default_cfg = dict(model.KERNEL_CFG)
 for T, variant, fused, cfg in plan:
     model.KERNEL_CFG = dict(cfg or default_cfg)
