@@ -462,8 +462,8 @@ if triton is not None:
     def _read_bwd_kernel(DY, Q, YD, MC, Z, G, DQ, DYD, DMP, DZP, DGP, S, H, N, PER, y_b, y_s, y_h, y_n,
                          q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n,
                          EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dy, dy_dot share strides
-        (y's); dq has its own (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
+        """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dy_dot is laid out as
+        y_dot (d_*), dq has its own strides (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
         i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
         mt = tl.load(MC + i * D * D + rd[None, :] * D + rd[:, None])                   # M^T
         z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
@@ -483,10 +483,11 @@ if triton is not None:
             dden = tl.where(raw >= EPS, -g * dya / den, 0.0)                           # none through the floor
             dq = (g * gm + dden[:, None] * z[None, :]) * tl.minimum(s32, 1.0)          # elu'(x) = min(sigma(x), 1)
             tl.store(DQ + _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D), dq.to(DQ.dtype.element_ty), mask=rows[:, None])
-            tl.store(DYD + off_y, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
+            off_d = _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D)
+            tl.store(DYD + off_d, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
             dm += tl.dot(tl.trans(sq), u, input_precision=PREC)
             dz += tl.sum(dden[:, None] * s32, axis=0)
-            yd = tl.load(YD + _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D), mask=rows[:, None], other=0.0)
+            yd = tl.load(YD + off_d, mask=rows[:, None], other=0.0)
             dg += dya - tl.sum(dy * yd.to(tl.float32), axis=1)
         slot = i * tl.num_programs(1) + j
         tl.store(DMP + slot * D * D + rd[:, None] * D + rd[None, :], g * dm)
@@ -551,8 +552,8 @@ def _fused_on_gpu(q):
 
 # per kernel: (rows a tile, warps, pipeline stages, programs a segment); the row-block kernels run one
 # program per tile, so the last entry is theirs only in name
-KERNEL_CFG = dict(write_fwd=(64, 8, 2, 2), read_fwd=(64, 4, 1, 1), read_bwd=(32, 4, 1, 2), write_bwd=(64, 8, 1, 1),
-                  delta_dz=(64, 8, 2, 2))
+KERNEL_CFG = dict(write_fwd=(64, 4, 2, 2), delta_w=(32, 8, 3, 2), read_fwd=(64, 4, 1, 1), read_bwd=(32, 4, 1, 2),
+                  write_bwd=(64, 8, 1, 1), delta_dz=(32, 4, 1, 4))   # (the fastest in results/issue12/tune_fused.json)
 
 
 def _st(t):
@@ -588,10 +589,11 @@ def _launch(kernel, name, t, n, *args, **kw):
 def _segment_sums(k, v, z=None):
     """(sigma(K)^T V, sum sigma(K)) per segment, or, given z_{s-1}, W_s. fp32 (B, S, H, D, D), (B, S, H, D)."""
     B, S, H, N, D = k.shape
-    per, n = _split("write_fwd", N)
+    name = "write_fwd" if z is None else "delta_w"
+    per, n = _split(name, N)
     out, outz = k.new_empty(B, S, H, n, D, D, dtype=torch.float32), k.new_empty(B, S, H, n, D, dtype=torch.float32)
     v = k if v is None else v
-    _launch(_write_fwd_kernel, "write_fwd", k, n, k, v, outz if z is None else z, out, outz, S, H, N, per,
+    _launch(_write_fwd_kernel, name, k, n, k, v, outz if z is None else z, out, outz, S, H, N, per,
             *_st(k), *_st(v), DELTA=z is not None)
     return out.sum(3), outz.sum(3)
 
@@ -609,7 +611,7 @@ def _read_bwd(dy, q, Mc, z, y_dot, g):
     """dq, dy_dot, dM, dz, dg of _read_fwd (each segment's partial sums added here)."""
     B, S, H, N, D = q.shape
     per, n = _split("read_bwd", N)
-    dq, dyd = _like_qkv(q), torch.empty_strided(dy.shape, dy.stride(), dtype=y_dot.dtype, device=dy.device)
+    dq, dyd = _like_qkv(q), torch.empty_like(y_dot)          # (dy_dot laid out as SDPA's output, as its backward wants)
     dmp, dzp, dgp = z.new_empty(B, S, H, n, D, D), z.new_empty(B, S, H, n, D), z.new_empty(B, S, H, n)
     _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq, dyd, dmp, dzp, dgp, S, H, N, per,
             *_st(dy), *_st(q), *_st(y_dot), *_st(dq))

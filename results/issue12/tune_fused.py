@@ -33,7 +33,7 @@ pass_us = triton.testing.do_bench(lambda: x.copy_(y_dot.transpose(2, 3))) * 1e3 
 
 jobs = {  # name: (KERNEL_CFG key, the call, passes over a (B, S, H, N, D) bf16 tensor it must make)
     "write_fwd": ("write_fwd", lambda: m._segment_sums(k, v), 2),
-    "delta_w": ("write_fwd", lambda: m._segment_sums(k, None, z), 1),
+    "delta_w": ("delta_w", lambda: m._segment_sums(k, None, z), 1),
     "read_fwd": ("read_fwd", lambda: m._read_fwd(q, Mc, z, y_dot, g), 3),
     "read_bwd": ("read_bwd", lambda: m._read_bwd(dy, q, Mc, z, y_dot, g), 5),
     "write_bwd": ("write_bwd", lambda: m._write_bwd(k, v, g_dM, g_zs, gs, z, False), 4),
