@@ -13,9 +13,9 @@ tokens per step at every T (batch = tokens / T). Warm-up steps (compilation incl
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
 
 Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec), "infini-linear-fast"
-(memory_fast, the model's default; for the delta rule with its Triton scan kernel on the GPU) or
-"infini-delta-torch" (memory_fast with the scan as the PyTorch loop; for the linear rule -torch and -fast are the
-same code); a bare "infini-linear" means plain here. check and stream run plain and fast. In train and layer
+(memory_fast, the model's default: its Triton kernels on the GPU) or "infini-linear-torch" (memory_fast with
+no Triton kernel: its PyTorch autograd Functions and the delta rule's scan as a loop); a bare "infini-linear"
+means plain here. check and stream run plain and fast. In train and layer
 modes a variant that fails (e.g. to compile) is recorded with its error and the run goes on.
 """
 import argparse
@@ -51,7 +51,8 @@ def write_rows(path, rows):
 def check(args):
     """The 300m-shaped Infini layer on the GPU under bf16 autocast (TF32 on, as in training) against
     test_model.ref_attention, the float64 per-segment loop written from P2 eqs. 7-10, for both memory
-    paths; and the fast path's gradients (x, wqkv, wo, beta) against the plain path's on the GPU."""
+    paths, the fast one eager and compiled (its Triton kernels inside inductor's graph, as in training); and
+    the fast path's gradients (x, wqkv, wo, beta) against the plain path's on the GPU."""
     import copy
     from model import Attention, rope_cos_sin
     from test_model import ref_attention
@@ -69,22 +70,23 @@ def check(args):
         dy = torch.randn_like(y_ref).float().cuda()                        # one upstream gradient for both paths
         cos, sin = rope_cos_sin(cfg.segment, cfg.head_dim, cfg.rope_theta, "cuda", torch.float32)
         grads = {}
-        for fast in [False, True]:
-            layer.cfg = make_config("300m", attn="infini", update=update, segment=1024, fast_memory=fast)
+        for memory in ["plain", "fast", "fast-compiled"]:          # compiled: as train.py runs it
+            layer.cfg = make_config("300m", attn="infini", update=update, segment=1024, fast_memory=memory != "plain")
             lay = copy.deepcopy(layer).float().cuda()
+            run = torch.compile(lay) if memory == "fast-compiled" else lay
             xc = x.to("cuda", copy=True).requires_grad_(True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                y, mem = lay(xc, cos, sin)
+                y, mem = run(xc, cos, sin)
             (y.float() * dy).sum().backward()
-            grads[fast] = [xc.grad, lay.wqkv.weight.grad, lay.wo.weight.grad, lay.beta.grad]
-            row = dict(update=update, memory="fast" if fast else "plain", rel_err_out=err(y.detach(), y_ref),
+            grads[memory] = [xc.grad, lay.wqkv.weight.grad, lay.wo.weight.grad, lay.beta.grad]
+            row = dict(update=update, memory=memory, rel_err_out=err(y.detach(), y_ref),
                        rel_err_M=err(mem[0], mem_ref[0]), rel_err_z=err(mem[1], mem_ref[1]),
                        finite=bool(torch.isfinite(y).all()))
-            if fast:
-                row["grad_rel_err_vs_plain"] = {k: err(a, b) for k, a, b in zip(["x", "wqkv", "wo", "beta"], grads[True], grads[False])}
-            print(f"check {update:6s} {row['memory']:5s}: output rel err {row['rel_err_out']:.2e}, M {row['rel_err_M']:.2e}, "
+            if memory != "plain":
+                row["grad_rel_err_vs_plain"] = {k: err(a, b) for k, a, b in zip(["x", "wqkv", "wo", "beta"], grads[memory], grads["plain"])}
+            print(f"check {update:6s} {memory:13s}: output rel err {row['rel_err_out']:.2e}, M {row['rel_err_M']:.2e}, "
                   f"z {row['rel_err_z']:.2e} (bf16 projections + attention, fp32/TF32 memory)"
-                  + (f"; grads vs plain {row['grad_rel_err_vs_plain']}" if fast else ""), flush=True)
+                  + (f"; grads vs plain {row['grad_rel_err_vs_plain']}" if memory != "plain" else ""), flush=True)
             rows.append(row)
     return rows
 
@@ -132,7 +134,7 @@ def parse_variant(v):
 
 def variant_config(args, attn, update, memory):
     """A fresh start for one variant (compile caches reset, seed 0) and its model config; "-torch" switches
-    memory_fast's Triton kernel off until the next variant."""
+    memory_fast's Triton kernels off until the next variant."""
     torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
     torch.manual_seed(0)
     model_py.TRITON_KERNELS = memory != "torch"
@@ -352,7 +354,7 @@ def get_parser():
     p.add_argument("--variants", nargs="+", default=["full", "local", "infini-linear-plain", "infini-linear-fast",
                                                       "infini-delta-plain", "infini-delta-fast"],
                    help="attention[-update[-plain|-fast|-torch]] variants to time (plain = compressive_memory, "
-                        "fast = memory_fast, torch = memory_fast without its Triton kernel)")
+                        "fast = memory_fast, torch = memory_fast without its Triton kernels)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
