@@ -181,7 +181,8 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
 # gradient from two extra reductions over (B, S, H, N, D) tensors. Here, autograd Functions with hand-written
 # backwards keep sigma(Q), sigma(K) (bf16, row-major: the matmuls take them as they are), a row-major V (the
 # operand of sigma(K)^T V), SDPA's output and one normaliser per token, and take every per-token quantity of
-# the backward from the matmuls it needs anyway.
+# the backward from the matmuls it needs anyway. They are memory_fast on the CPU and the reference for the GPU's
+# Triton kernels further down, which follow them line by line.
 
 class _Write(torch.autograd.Function):
     """The write side of eqs. 8-9: sigma(K) in k's dtype, its sum over each segment (the z increments) and
@@ -392,20 +393,22 @@ class _DeltaScan(torch.autograd.Function):
         return g, gdM, -(gdM @ M_prev.transpose(-1, -2)), None
 
 
-# The rest of the memory as four Triton kernels on the GPU. Compiled from PyTorch, _Write, _DeltaW and
-# _ReadAndMix make about 35 memory-bound passes over (B, S, H, N, D) tensors a layer (50 for the delta rule):
-# sigma(Q), sigma(K) and a row-major V written for cuBLAS and read back, the retrieval and its backward's
-# operands materialised in between, because the inductor cannot fuse elementwise work into a matmul. Here
-# each kernel reads q, k, v where the qkv projection left them (saved for SDPA anyway), applies sigma in
-# registers, and does the memory's D x D matmuls on tiles of BLOCK rows with the state in registers:
-#   _write_fwd_kernel   per segment: sigma(K)^T V and sum sigma(K) (or the delta rule's W_s)   reads k, v
-#   _read_fwd_kernel    per row block: y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot      q, y_dot -> y
+# The rest of the memory as Triton kernels on the GPU. Compiled from PyTorch, _Write, _DeltaW and _ReadAndMix
+# make about 35 memory-bound passes over (B, S, H, N, D) tensors a layer (about 50 for the delta rule) and keep
+# sigma(Q), sigma(K), a row-major V and the mixed output for the backward (1.11-1.16x local attention's peak
+# memory), because the inductor cannot fuse elementwise work into a matmul. These kernels read q, k, v where the
+# qkv projection left them (its output, which the backward keeps anyway), apply sigma in registers and do the
+# memory's D x D matmuls on tiles of BLOCK rows:
+#   _write_fwd_kernel   per segment: sigma(K)^T V and sum sigma(K), or the delta rule's W_s   reads k, v
+#   _read_fwd_kernel    per row block: y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot       q, y_dot -> y
 #   _read_bwd_kernel    per segment: dq, dy_dot row by row; dM, dz, dg summed over its rows  dy, q, y_dot
 #   _write_bwd_kernel   per row block: dk, dv (+ the delta rule's terms through W_s)          k, v -> dk, dv
-# (and _delta_dz_kernel, the delta rule's gradient of z through W_s, summed per segment). About 17 passes
-# for the linear rule; sigma(Q), sigma(K) are never stored. The retrieval stays in fp32 before its division
-# (the PyTorch path rounds it to bf16). Tested against the PyTorch path (test_model.py, through Triton's
-# interpreter on the CPU) and float64 on the GPU (bench.py --mode=check).
+#   _delta_dz_kernel    per segment: the delta rule's gradient of z through W_s             k
+# About 17 passes for the linear rule, and nothing per token saved but y (1.00-1.04x local's peak). They run at
+# 1.7-4x their byte floors (results/issue12/tune_fused.json), so the time saved is smaller than the passes
+# suggest (results/issue12/NOTES.md). The retrieval stays fp32 before its division (the PyTorch path rounds it
+# to bf16). Tested against the PyTorch path through Triton's interpreter on the CPU (test_model.py) and against
+# float64 on the GPU, eager and compiled (bench.py --mode=check).
 if triton is not None:
     @triton.jit
     def _offs(i, rn, S, H, st_b, st_s, st_h, st_n, D: tl.constexpr):
@@ -671,7 +674,9 @@ class _ReadGPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g):
-        Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.reshape(-1).contiguous()
+        H = q.shape[2]
+        ctx.g_shape = g.shape
+        Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.expand(1, 1, H, 1, 1).reshape(H).contiguous()
         ctx.save_for_backward(q, Mc, z, y_dot, g)
         return _read_fwd(q, Mc, z, y_dot, g)
 
@@ -680,12 +685,13 @@ class _ReadGPU(torch.autograd.Function):
     def backward(ctx, dy):
         q, Mc, z, y_dot, g = ctx.saved_tensors
         dq, dyd, dM, dz, dg = _read_bwd(dy if dy.stride(-1) == 1 else dy.contiguous(), q, Mc, z, y_dot, g)
-        return dq, dM, dz, dyd, dg
+        return dq, dM, dz, dyd, dg.sum_to_size(ctx.g_shape)
 
 
 def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
     """compressive_memory + the gate mix of eq. 10, from q, k before sigma: (y (B, S, H, N, D) in y_dot's
-    dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype."""
+    dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype.
+    On a CUDA GPU with Triton, the Triton kernels (_WriteGPU, _ReadGPU); elsewhere the PyTorch Functions."""
     B, S, H, N, D = q.shape
     sd = torch.promote_types(q.dtype, torch.float32)
     M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
@@ -701,13 +707,11 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
         M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
         M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
-        if fused:
-            pass                                 # W came with dM
-        elif torch.compiler.is_compiling():
+        if not fused and torch.compiler.is_compiling():      # (the Triton write returned W_s with dM)
             # the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
             # under a checkpoint it recomputes it from the bf16 sigma(K) instead
             W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False)
-        else:                                # eager: _DeltaW's own saves are all there is
+        elif not fused:                      # eager: _DeltaW's own saves are all there is
             W = _DeltaW.apply(sk, z_prev)
         M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0

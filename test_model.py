@@ -284,6 +284,55 @@ def test_triton_delta_scan_equals_loop():
     assert float(out.stdout.split()[-1]) < 1e-5
 
 
+TRITON_MEMORY_CHECK = """
+import torch
+import model
+model.KERNEL_CFG = {k: (16, 4, 1, 2) for k in model.KERNEL_CFG}      # 16-row tiles: several tiles and programs a segment
+def run(fused, update, n_full, shape, mem, g_shape):
+    B, S, H, N, D = shape
+    torch.manual_seed(0)
+    qkv = torch.randn(B, S, N, 3, H, D)                              # q, k, v laid out as the qkv projection leaves them
+    y_dot = torch.randn(B, S, N, H, D).transpose(2, 3)
+    g = torch.rand(g_shape)
+    state = [torch.randn(B, H, D, D) * 0.1, torch.rand(B, H, D) * 3] if mem else []
+    leaves = [t.clone().requires_grad_(True) for t in [qkv, y_dot, g] + state]
+    q, k, v = (leaves[0][:, :, :, c].transpose(2, 3) for c in range(3))
+    model._fused_on_gpu = lambda q: fused                            # True: the kernels, in Triton's interpreter
+    y, (M, z) = model.memory_fast(q, k, v, leaves[1], leaves[2], update, n_full, leaves[3:] if mem else None)
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=gen)).sum() for t in (y, M, z))
+    return [y, M, z] + list(torch.autograd.grad(loss, leaves))
+worst = 0.0
+for update in ["linear", "delta"]:
+    for shape, n_full, mem, g_shape in [((2, 3, 2, 40, 16), 2, True, (1, 1, 2, 1, 1)), ((1, 3, 2, 37, 32), 3, False, ())]:
+        want, got = run(False, update, n_full, shape, mem, g_shape), run(True, update, n_full, shape, mem, g_shape)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.isfinite(a).all()
+            worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
+print(worst)
+"""
+
+
+def test_triton_memory_kernels_equal_pytorch_functions():
+    # the GPU's memory kernels (_WriteGPU, _ReadGPU: forward and every gradient) against memory_fast's PyTorch
+    # Functions, on the CPU through Triton's interpreter; both rules, a short last segment (n_full = S - 1) with
+    # a memory passed in, segments that are not a multiple of the tile, one gate for all heads
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TRITON_MEMORY_CHECK], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split()[-1]) < 1e-5
+
+
+def test_triton_memory_only_on_cuda():
+    # the CPU never takes the Triton path (it would need the interpreter), whatever TRITON_KERNELS says
+    from model import _fused_on_gpu
+    assert not _fused_on_gpu(torch.zeros(1, 2, 2, 16, 16, dtype=torch.bfloat16))
+
+
 def test_local_matches_reference():
     torch.manual_seed(1)
     attn = Attention(cfg_for(attn="local")).double()
