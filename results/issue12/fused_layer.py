@@ -1,6 +1,9 @@
 """The fused Triton memory (model._ReadGPU, _WriteGPU) against the PyTorch memory_fast it replaces on the GPU:
 numerics (eager and compiled, against the PyTorch path and float64) and one compiled 300m block, forward +
-backward, kernel by kernel (bench.py's layer mode). GPU only.   python results/issue12/fused_layer.py OUT_DIR [quick]"""
+backward, kernel by kernel (bench.py's layer mode), with the kernels off (the PyTorch Functions and the scan
+kernel: the previous default) and on. GPU only.   python results/issue12/fused_layer.py OUT_DIR [quick]
+fused_layer_call1.json: the first configuration and a sweep of three others (the commit of this file that has
+"rows=(64, 8)" in it); fused_layer_call2.json: the configuration tuned by tune_fused.py, landed in model.py."""
 import json
 import os
 import sys
@@ -60,10 +63,7 @@ plan = [(8192, "local", True, None), (8192, "infini-linear-fast", False, None), 
 if not quick:
     plan += [(32768, "local", True, None), (32768, "infini-linear-fast", False, None),
              (32768, "infini-linear-fast", True, None), (32768, "infini-delta-fast", False, None),
-             (32768, "infini-delta-fast", True, None),
-             (8192, "infini-linear-fast", True, dict(rows=(64, 8), loop=(64, 8, 2), split=2)),
-             (8192, "infini-linear-fast", True, dict(rows=(128, 8), loop=(32, 4, 1), split=2)),
-             (8192, "infini-linear-fast", True, dict(rows=(64, 4), loop=(64, 8, 1), split=1))]
+             (32768, "infini-delta-fast", True, None)]
 default_cfg = dict(model.KERNEL_CFG)
 for T, variant, fused, cfg in plan:
     model.KERNEL_CFG = dict(cfg or default_cfg)

@@ -27,3 +27,22 @@ for f, label in CALLS:
                     and "cudnn::" not in n)
         print(f"{label:48s} {r['variant']:22s} {r['T']:6d} {r['ms']:7.3f} {local[r['T']]['ms'] / r['ms']:7.3f} "
               f"{r['kernel_us']:9.0f} {rest - lrest:14.0f} {r['saved_gb']:8.3f}")
+
+print("\nThe memory as Triton kernels (second session): layer mode, kernels off (the PyTorch Functions + the scan "
+      "kernel) and on")
+for f in ["fused_layer_call1.json", "fused_layer_call2.json"]:
+    rows = [r for r in json.load(open(os.path.join(HERE, f))) if r.get("kind") == "layer" and "error" not in r]
+    base = {r["T"]: r for r in rows if r["variant"] == "local"}
+    for r in rows:
+        ref = base[r["T"]]
+        print(f"{f:24s} {r['variant']:20s} kernels {'on ' if r['fused'] else 'off'} {r['T']:6d} {r['ms']:7.3f} ms "
+              f"{ref['ms'] / r['ms']:6.3f} x local  saved {r['saved_gb']:.3f} GB ({r['saved_gb'] / ref['saved_gb']:.2f} x)  "
+              f"cfg {json.dumps(r['kernel_cfg'])}")
+print("\nEach kernel alone (tune_fused.json): the fastest configuration")
+tune = json.load(open(os.path.join(HERE, "tune_fused.json")))
+best = {}
+for r in tune[1:]:
+    if "us" in r and (r["kernel"] not in best or r["us"] < best[r["kernel"]]["us"]):
+        best[r["kernel"]] = r
+for name, r in best.items():
+    print(f"{name:16s} {r['us']:7.1f} us  {r['x_floor']:4.2f} x its byte floor  (rows, warps, stages, programs a segment) = {r['cfg']}")
