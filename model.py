@@ -550,7 +550,7 @@ def _fused_on_gpu(q):
     D = q.shape[-1]
     span = 1 + sum((n - 1) * st for n, st in zip(q.shape, q.stride()))
     return (TRITON_KERNELS and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
-            and 16 <= D <= 128 and D & (D - 1) == 0 and span < 2**31 // 4)
+            and 16 <= D <= 128 and D & (D - 1) == 0 and span < 2**31)   # (q spans the qkv buffer: the largest)
 
 
 # per kernel: (rows a tile, warps, pipeline stages, programs a segment); the row-block kernels run one
@@ -570,9 +570,11 @@ def _prec(t):
 
 
 def _like_qkv(t):
-    """An empty (B, S, H, N, D) tensor laid out as (B, S, N, H, D), as the qkv projection lays out q, k, v."""
+    """An empty (B, S, N, H, D) tensor, as the qkv projection lays out q, k, v, and its (B, S, H, N, D) view.
+    The kernels write into the tensor itself: inductor copies a view that a kernel mutates (a 32 us pass)."""
     B, S, H, N, D = t.shape
-    return t.new_empty(B, S, N, H, D).transpose(2, 3)
+    out = t.new_empty(B, S, N, H, D)
+    return out, out.transpose(2, 3)
 
 
 def _split(name, N):
@@ -604,8 +606,8 @@ def _segment_sums(k, v, z=None):
 def _read_fwd(q, Mc, z, y_dot, g):
     """y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot, laid out as wo's input."""
     B, S, H, N, D = q.shape
-    y = _like_qkv(y_dot)
-    _launch(_read_fwd_kernel, "read_fwd", q, triton.cdiv(N, KERNEL_CFG["read_fwd"][0]), q, y_dot, y, Mc, z, g,
+    out, y = _like_qkv(y_dot)
+    _launch(_read_fwd_kernel, "read_fwd", q, triton.cdiv(N, KERNEL_CFG["read_fwd"][0]), q, y_dot, out, Mc, z, g,
             S, H, N, *_st(q), *_st(y_dot), *_st(y))
     return y
 
@@ -614,9 +616,9 @@ def _read_bwd(dy, q, Mc, z, y_dot, g):
     """dq, dy_dot, dM, dz, dg of _read_fwd (each segment's partial sums added here)."""
     B, S, H, N, D = q.shape
     per, n = _split("read_bwd", N)
-    dq, dyd = _like_qkv(q), torch.empty_like(y_dot)          # (dy_dot laid out as SDPA's output, as its backward wants)
+    (dq_out, dq), dyd = _like_qkv(q), torch.empty_like(y_dot)      # (dy_dot laid out as SDPA's output)
     dmp, dzp, dgp = z.new_empty(B, S, H, n, D, D), z.new_empty(B, S, H, n, D), z.new_empty(B, S, H, n)
-    _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq, dyd, dmp, dzp, dgp, S, H, N, per,
+    _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq_out, dyd, dmp, dzp, dgp, S, H, N, per,
             *_st(dy), *_st(q), *_st(y_dot), *_st(dq))
     return dq, dyd, dmp.sum(3), dzp.sum(3), dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
 
@@ -633,9 +635,9 @@ def _delta_dz(k, gs, z_prev):
 def _write_bwd(k, v, g_dM, g_zs, gs, z_prev, delta):
     """dk, dv of the write: from the gradients of sigma(K)^T V, of sum sigma(K) and (delta) of W_s."""
     B, S, H, N, D = k.shape
-    dk, dv = _like_qkv(k), _like_qkv(v)
+    (dk_out, dk), (dv_out, dv) = _like_qkv(k), _like_qkv(v)
     _launch(_write_bwd_kernel, "write_bwd", k, triton.cdiv(N, KERNEL_CFG["write_bwd"][0]), k, v, g_dM, g_zs, gs,
-            z_prev, dk, dv, S, H, N, *_st(k), *_st(v), *_st(dk), DELTA=delta)
+            z_prev, dk_out, dv_out, S, H, N, *_st(k), *_st(v), *_st(dk), DELTA=delta)
     return dk, dv
 
 
