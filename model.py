@@ -465,8 +465,8 @@ if triton is not None:
     def _read_bwd_kernel(DY, Q, YD, MC, Z, G, DQ, DYD, DMP, DZP, DGP, S, H, N, PER, y_b, y_s, y_h, y_n,
                          q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n,
                          EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dy_dot is laid out as
-        y_dot (d_*), dq has its own strides (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
+        """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dq and dy_dot share
+        strides (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
         i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
         mt = tl.load(MC + i * D * D + rd[None, :] * D + rd[:, None])                   # M^T
         z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
@@ -485,12 +485,12 @@ if triton is not None:
             dya = tl.sum(s32 * gm, axis=1)                                              # dy . A_mem per token
             dden = tl.where(raw >= EPS, -g * dya / den, 0.0)                           # none through the floor
             dq = (g * gm + dden[:, None] * z[None, :]) * tl.minimum(s32, 1.0)          # elu'(x) = min(sigma(x), 1)
-            tl.store(DQ + _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D), dq.to(DQ.dtype.element_ty), mask=rows[:, None])
-            off_d = _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D)
-            tl.store(DYD + off_d, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
+            off_o = _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D)
+            tl.store(DQ + off_o, dq.to(DQ.dtype.element_ty), mask=rows[:, None])
+            tl.store(DYD + off_o, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
             dm += tl.dot(tl.trans(sq), u, input_precision=PREC)
             dz += tl.sum(dden[:, None] * s32, axis=0)
-            yd = tl.load(YD + off_d, mask=rows[:, None], other=0.0)
+            yd = tl.load(YD + _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D), mask=rows[:, None], other=0.0)
             dg += dya - tl.sum(dy * yd.to(tl.float32), axis=1)
         slot = i * tl.num_programs(1) + j
         tl.store(DMP + slot * D * D + rd[:, None] * D + rd[None, :], g * dm)
@@ -616,9 +616,9 @@ def _read_bwd(dy, q, Mc, z, y_dot, g):
     """dq, dy_dot, dM, dz, dg of _read_fwd (each segment's partial sums added here)."""
     B, S, H, N, D = q.shape
     per, n = _split("read_bwd", N)
-    (dq_out, dq), dyd = _like_qkv(q), torch.empty_like(y_dot)      # (dy_dot laid out as SDPA's output)
+    (dq_out, dq), (dyd_out, dyd) = _like_qkv(q), _like_qkv(y_dot)
     dmp, dzp, dgp = z.new_empty(B, S, H, n, D, D), z.new_empty(B, S, H, n, D), z.new_empty(B, S, H, n)
-    _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq_out, dyd, dmp, dzp, dgp, S, H, N, per,
+    _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq_out, dyd_out, dmp, dzp, dgp, S, H, N, per,
             *_st(dy), *_st(q), *_st(y_dot), *_st(dq))
     return dq, dyd, dmp.sum(3), dzp.sum(3), dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
 
