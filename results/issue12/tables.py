@@ -30,7 +30,7 @@ for f, label in CALLS:
 
 print("\nThe memory as Triton kernels (second session): layer mode, kernels off (the PyTorch Functions + the scan "
       "kernel) and on")
-for f in ["fused_layer_call1.json", "fused_layer_call2.json"]:
+for f in ["fused_layer_call1.json", "fused_layer_call2.json", "fused_layer_call3.json", "fused_layer_call4.json"]:
     rows = [r for r in json.load(open(os.path.join(HERE, f))) if r.get("kind") == "layer" and "error" not in r]
     base = {r["T"]: r for r in rows if r["variant"] == "local"}
     for r in rows:
