@@ -232,8 +232,11 @@ def plot_recall(rows, out, title="recall"):
 
 
 def save(fig, out):
+    # to a temporary name first: Ctrl-C mid-write never leaves a truncated figure under the real name
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=130)
+    tmp = out + ".tmp"
+    fig.savefig(tmp, dpi=130, format=os.path.splitext(out)[1][1:] or "png")
+    os.replace(tmp, out)
     plt.close(fig)
     print(f"wrote {out}")
 
@@ -268,12 +271,16 @@ def get_parser():
     s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length", **kw)
     s.add_argument("--json", required=True, help="bench.py's streaming JSON")
     s.add_argument("--out", default="streaming.png", help="PNG to write")
+    for s in sub.choices.values():
+        s.add_argument("--overwrite", type=int, default=0, choices=(0, 1), help="1 = replace an existing --out")
     return p
 
 
 def main(argv=None):
     p = get_parser()
     args = p.parse_args(argv)
+    if os.path.exists(args.out) and not args.overwrite:
+        raise SystemExit(f"error: {args.out} exists; pass another --out or --overwrite=1 to replace it")
 
     def labels_for(paths):
         if args.labels and len(args.labels) != len(paths):

@@ -349,6 +349,14 @@ def test_plots_from_logs_and_results(tmp_path):
         plots.main(["streaming", "--json", str(ra), "--out", str(tmp_path / "bad.png")])
     g, step = plots.gates_from_log(str(a))
     assert g.shape == (3, 4) and step == 19
+    # an existing figure is kept unless asked (one line, nothing written), and replaced when asked
+    before = outs["gates"].read_bytes()
+    with pytest.raises(SystemExit, match="exists; pass another --out or --overwrite=1"):
+        plots.main(["gate_trend", "--log", str(a), "--out", str(outs["gates"])])
+    assert outs["gates"].read_bytes() == before
+    plots.main(["gate_trend", "--log", str(a), "--out", str(outs["gates"]), "--overwrite=1"])
+    assert is_png(outs["gates"]) and outs["gates"].read_bytes() != before
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_loss_plot_names_answer_token_validation(tmp_path, monkeypatch):
