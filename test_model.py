@@ -270,18 +270,23 @@ print(worst)
 """
 
 
-def test_triton_delta_scan_equals_loop():
-    # the GPU's scan kernels (forward and backward) against _DeltaScan's loop, on the CPU through Triton's
-    # interpreter (switched on before triton.jit runs: a fresh process); all segments full, the last one
-    # partial (n_full = S - 1) and none full; M_prev, the final state and every gradient
+def worst_error_in_triton_interpreter(script):
+    """Run a check script in a fresh process with Triton's interpreter on (it must be switched on before
+    triton.jit runs), so the GPU's kernels run on the CPU; the worst relative error it prints last."""
     pytest.importorskip("triton")
     import subprocess
     import sys
     env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", TRITON_SCAN_CHECK], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=300)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert float(out.stdout.split()[-1]) < 1e-5
+    return float(out.stdout.split()[-1])
+
+
+def test_triton_delta_scan_equals_loop():
+    # the GPU's scan kernels (forward and backward) against _DeltaScan's loop; all segments full, the last
+    # one partial (n_full = S - 1) and none full; M_prev, the final state and every gradient
+    assert worst_error_in_triton_interpreter(TRITON_SCAN_CHECK) < 1e-5
 
 
 TRITON_MEMORY_CHECK = """
@@ -315,16 +320,9 @@ print(worst)
 
 def test_triton_memory_kernels_equal_pytorch_functions():
     # the GPU's memory kernels (_WriteGPU, _ReadGPU: forward and every gradient) against memory_fast's PyTorch
-    # Functions, on the CPU through Triton's interpreter; both rules, a short last segment (n_full = S - 1) with
+    # Functions; both rules, a short last segment (n_full = S - 1) with
     # a memory passed in, segments that are not a multiple of the tile, one gate for all heads
-    pytest.importorskip("triton")
-    import subprocess
-    import sys
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", TRITON_MEMORY_CHECK], capture_output=True, text=True, env=env,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert float(out.stdout.split()[-1]) < 1e-5
+    assert worst_error_in_triton_interpreter(TRITON_MEMORY_CHECK) < 1e-5
 
 
 def test_triton_memory_only_on_cuda():
