@@ -182,7 +182,7 @@ def compressive_memory(sq, sk, v, update, n_full, memory=None):
 # backwards keep sigma(Q), sigma(K) (bf16, row-major: the matmuls take them as they are), a row-major V (the
 # operand of sigma(K)^T V), SDPA's output and one normaliser per token, and take every per-token quantity of
 # the backward from the matmuls it needs anyway. They are memory_fast on the CPU and the reference for the GPU's
-# Triton kernels further down, which follow them line by line.
+# Triton kernels further down, which follow their steps.
 
 class _Write(torch.autograd.Function):
     """The write side of eqs. 8-9: sigma(K) in k's dtype, its sum over each segment (the z increments) and
@@ -395,7 +395,7 @@ class _DeltaScan(torch.autograd.Function):
 
 # The rest of the memory as Triton kernels on the GPU. Compiled from PyTorch, _Write, _DeltaW and _ReadAndMix
 # make about 35 memory-bound passes over (B, S, H, N, D) tensors a layer (about 50 for the delta rule) and keep
-# sigma(Q), sigma(K), a row-major V and the mixed output for the backward (1.11-1.16x local attention's peak
+# sigma(Q), sigma(K), a row-major V and the mixed output for the backward (1.07-1.16x local attention's peak
 # memory), because the inductor cannot fuse elementwise work into a matmul. These kernels read q, k, v where the
 # qkv projection left them (its output, which the backward keeps anyway), apply sigma in registers and do the
 # memory's D x D matmuls on tiles of BLOCK rows:
@@ -404,10 +404,11 @@ class _DeltaScan(torch.autograd.Function):
 #   _read_bwd_kernel    per segment: dq, dy_dot row by row; dM, dz, dg summed over its rows  dy, q, y_dot
 #   _write_bwd_kernel   per row block: dk, dv (+ the delta rule's terms through W_s)          k, v -> dk, dv
 #   _delta_dz_kernel    per segment: the delta rule's gradient of z through W_s             k
-# About 17 passes for the linear rule, and nothing per token saved but y (1.00-1.04x local's peak). They run at
-# 1.7-4x their byte floors (results/issue12/tune_fused.json), so the time saved is smaller than the passes
+# About 17 passes for the linear rule, and nothing per token saved but y (1.00-1.07x local's peak). They run at
+# 1.7-5x their byte floors (results/issue12/tune_fused.json), so the time saved is smaller than the passes
 # suggest (results/issue12/NOTES.md). The retrieval stays fp32 before its division (the PyTorch path rounds it
-# to bf16). Tested against the PyTorch path through Triton's interpreter on the CPU (test_model.py) and against
+# to bf16), and the write's backward takes elu'(k) from sigma(k) before its rounding to bf16 (the Functions: after).
+# Tested against the PyTorch path through Triton's interpreter on the CPU (test_model.py) and against
 # float64 on the GPU, eager and compiled (bench.py --mode=check).
 if triton is not None:
     @triton.jit
@@ -426,8 +427,8 @@ if triton is not None:
     @triton.jit
     def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, PER, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
                           EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
-        """OUT[i, j] = sigma(K)^T V (DELTA: sigma(K)^T diag(1 / sigma(K) z) sigma(K)) over rows j PER ..
-        (j + 1) PER of segment-head i, and OUTZ[i, j] their sum of sigma(K)."""
+        """OUT[i, j] = sigma(K)^T V (DELTA: sigma(K)^T diag(1 / sigma(K) z) sigma(K), V unused) over rows j PER ..
+        (j + 1) PER of segment-head i, and OUTZ[i, j] their sum of sigma(K) (DELTA: zeros, unused)."""
         i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
         acc, zacc = tl.zeros((D, D), tl.float32), tl.zeros((D,), tl.float32)
         if DELTA:
@@ -450,6 +451,8 @@ if triton is not None:
     @triton.jit
     def _read_fwd_kernel(Q, YD, Y, MC, Z, G, S, H, N, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
                          y_b, y_s, y_h, y_n, EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """_ReadAndMix.forward for rows tile * BLOCK .. of segment-head i: y = g sigma(q) M / (sigma(q) z) +
+        (1 - g) y_dot, the retrieval in fp32 before its division."""
         i, rd = tl.program_id(0), tl.arange(0, D)
         rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         rows = rn < N
@@ -545,12 +548,14 @@ if triton is not None:
 
 
 def _fused_on_gpu(q):
-    """Whether memory_fast runs as the Triton kernels: CUDA, bf16/fp16/fp32, a head dim tl.dot takes, and
-    offsets that fit the kernels' int32 arithmetic."""
-    D = q.shape[-1]
+    """Whether memory_fast runs as the Triton kernels: CUDA, bf16 or fp32 (fp16 cannot hold 1 / EPS), a head dim
+    tl.dot takes, and offsets that fit the kernels' int32 arithmetic: q's span (the qkv buffer) and the
+    per-segment D x D partial sums."""
+    B, S, H, N, D = q.shape
     span = 1 + sum((n - 1) * st for n, st in zip(q.shape, q.stride()))
-    return (TRITON_KERNELS and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16, torch.float32)
-            and 16 <= D <= 128 and D & (D - 1) == 0 and span < 2**31)   # (q spans the qkv buffer: the largest)
+    states = B * S * H * D * D * max(cfg[3] for cfg in KERNEL_CFG.values())
+    return (TRITON_KERNELS and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float32)
+            and 16 <= D <= 128 and D & (D - 1) == 0 and max(span, states) < 2**31)
 
 
 # per kernel: (rows a tile, warps, pipeline stages, programs a segment); the row-block kernels run one
@@ -570,8 +575,8 @@ def _prec(t):
 
 
 def _like_qkv(t):
-    """An empty (B, S, N, H, D) tensor, as the qkv projection lays out q, k, v, and its (B, S, H, N, D) view.
-    The kernels write into the tensor itself: inductor copies a view that a kernel mutates (a 32 us pass)."""
+    """An empty (B, S, N, H, D) tensor, as the qkv projection lays out q, k, v, and its (B, S, H, N, D) view
+    (the kernels are handed the tensor itself and the view's strides)."""
     B, S, H, N, D = t.shape
     out = t.new_empty(B, S, N, H, D)
     return out, out.transpose(2, 3)
@@ -672,7 +677,8 @@ class _WriteGPU(torch.autograd.Function):
 
 
 class _ReadGPU(torch.autograd.Function):
-    """_ReadAndMix in Triton: saves nothing per token beyond q and y_dot, which SDPA keeps anyway."""
+    """_ReadAndMix in Triton. Saves nothing per token of its own: q is a view of the qkv projection's output,
+    which stays alive anyway (SDPA saves v, a view of the same buffer), and y_dot is SDPA's output."""
 
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g):
@@ -709,12 +715,11 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
         M_prev = torch.cat([M0[:, None], M_after[:, :-1]], dim=1)
         M_out = M_after[:, n_full - 1] if n_full > 0 else M0
     else:
-        if not fused and torch.compiler.is_compiling():      # (the Triton write returned W_s with dM)
-            # the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
-            # under a checkpoint it recomputes it from the bf16 sigma(K) instead
-            W = checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False)
-        elif not fused:                      # eager: _DeltaW's own saves are all there is
-            W = _DeltaW.apply(sk, z_prev)
+        if not fused:                        # (the Triton write returned W_s with dM)
+            # compiled, the partitioner would save the fp32 cast of sigma(K) that W's forward and backward share;
+            # under a checkpoint it recomputes it from the bf16 sigma(K) instead (eager: _DeltaW's saves are all)
+            W = (checkpoint(_DeltaW.apply, sk, z_prev, use_reentrant=False) if torch.compiler.is_compiling()
+                 else _DeltaW.apply(sk, z_prev))
         M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
     return (_ReadGPU if fused else _ReadAndMix).apply(q, M_prev, z_prev, y_dot, g), (M_out, z_out)
