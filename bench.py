@@ -26,7 +26,7 @@ import time
 
 import torch
 
-import model as model_py
+import kernels
 from model import Llama, compile_model, make_config
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 FLOP/s by datasheet
@@ -57,7 +57,7 @@ def check(args):
     from model import Attention, rope_cos_sin
     from test_model import ref_attention
     rows = []
-    model_py.TRITON_KERNELS = True                      # (a "-torch" variant may have switched it off)
+    kernels.TRITON_KERNELS = True                      # (a "-torch" variant may have switched it off)
     err = lambda a, b: ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()
     for update in ["linear", "delta"]:
         torch.manual_seed(0)
@@ -137,7 +137,7 @@ def variant_config(args, attn, update, memory):
     memory_fast's Triton kernels off until the next variant."""
     torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
     torch.manual_seed(0)
-    model_py.TRITON_KERNELS = memory != "torch"
+    kernels.TRITON_KERNELS = memory != "torch"
     return make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
                        fast_memory=memory not in (None, "plain"))
 
@@ -207,7 +207,7 @@ def stream(args):
     """Prefill a long prompt chunk by chunk. infini carries (M, z) between chunks, so activation memory
     is that of one chunk whatever the length; full attention takes the prompt in one call."""
     rows, path = [], os.path.join(args.out_dir, f"streaming_{args.tag}.json")
-    model_py.TRITON_KERNELS = True                      # (a "-torch" variant may have switched it off)
+    kernels.TRITON_KERNELS = True                      # (a "-torch" variant may have switched it off)
     for attn, memory in [("infini", "fast"), ("infini", "plain"), ("full", None)]:
         torch.manual_seed(0)
         model = Llama(make_config(args.model, attn=attn, segment=args.segment, fast_memory=memory != "plain")).cuda().eval()

@@ -246,6 +246,7 @@ def test_memory_fast_under_torch_compile(update):
 
 TRITON_SCAN_CHECK = """
 import torch
+import kernels
 import model
 def run(args, n_full, weights):
     leaves = [t.clone().requires_grad_(True) for t in args]
@@ -260,9 +261,9 @@ for B, S, H, D in [(2, 5, 3, 16), (1, 4, 2, 32), (1, 3, 1, 64)]:
         W = torch.randn(B, S, H, D, D) / D ** 0.5                   # any W: the scan is linear in M
         weights = [torch.randn(B, S, H, D, D), torch.randn(B, H, D, D)]
         want = run([M0, dM, W], n_full, weights)                     # CPU tensors: the loop
-        model._scan_on_gpu = lambda t: True                          # the kernels, in Triton's interpreter
+        kernels.scan_on_gpu = lambda t: True                          # the kernels, in Triton's interpreter
         got = run([M0, dM, W], n_full, weights)
-        model._scan_on_gpu = lambda t: False
+        kernels.scan_on_gpu = lambda t: False
         for a, b in zip(got, want):
             assert a.shape == b.shape and a.dtype == b.dtype and torch.isfinite(a).all()
             worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
@@ -291,8 +292,9 @@ def test_triton_delta_scan_equals_loop():
 
 TRITON_MEMORY_CHECK = """
 import torch
+import kernels
 import model
-model.KERNEL_CFG = {k: (16, 4, 1, 2) for k in model.KERNEL_CFG}      # 16-row tiles: several tiles and programs a segment
+kernels.KERNEL_CFG = {k: (16, 4, 1, 2) for k in kernels.KERNEL_CFG}      # 16-row tiles: several tiles and programs a segment
 def run(fused, update, n_full, shape, mem, g_shape):
     B, S, H, N, D = shape
     torch.manual_seed(0)
@@ -304,7 +306,7 @@ def run(fused, update, n_full, shape, mem, g_shape):
     state = [torch.randn(B, H, D, D) * 0.1, torch.rand(B, H, D) * (3 if mem == "random" else 1e-9)] if mem else []
     leaves = [t.clone().requires_grad_(True) for t in [qkv, y_dot, g] + state]
     q, k, v = (leaves[0][:, :, :, c].transpose(2, 3) for c in range(3))
-    model._fused_on_gpu = lambda q: fused                            # True: the kernels, in Triton's interpreter
+    kernels.fused_on_gpu = lambda q: fused                            # True: the kernels, in Triton's interpreter
     y, (M, z) = model.memory_fast(q, k, v, leaves[1], leaves[2], update, n_full, leaves[3:] if mem else None)
     gen = torch.Generator().manual_seed(1)
     loss = sum((t * torch.randn(t.shape, generator=gen)).sum() for t in (y, M, z))
@@ -322,7 +324,7 @@ print(worst)
 
 
 def test_triton_memory_kernels_equal_pytorch_functions():
-    # the GPU's memory kernels (_WriteGPU, _ReadGPU: forward and every gradient) against memory_fast's PyTorch
+    # the GPU's memory kernels (kernels.WriteGPU, ReadGPU: forward and every gradient) against memory_fast's PyTorch
     # Functions; both rules, a short last segment (n_full = S - 1) with
     # a memory passed in, segments that are not a multiple of the tile, one gate for all heads, and a memory
     # whose z is ~1e-9 (the normaliser on its floor: the masks of its gradient)
@@ -331,8 +333,8 @@ def test_triton_memory_kernels_equal_pytorch_functions():
 
 def test_triton_memory_only_on_cuda():
     # the CPU never takes the Triton path (it would need the interpreter), whatever TRITON_KERNELS says
-    from model import _fused_on_gpu
-    assert not _fused_on_gpu(torch.zeros(1, 2, 2, 16, 16, dtype=torch.bfloat16))
+    from kernels import fused_on_gpu
+    assert not fused_on_gpu(torch.zeros(1, 2, 2, 16, 16, dtype=torch.bfloat16))
 
 
 def test_local_matches_reference():

@@ -15,8 +15,9 @@ import triton.testing
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import bench  # noqa: E402
-import model as m  # noqa: E402
-from model import _offs, _sigma, EPS  # noqa: E402
+import kernels as m  # noqa: E402
+from kernels import _offs, _sigma  # noqa: E402
+from model import EPS  # noqa: E402
 
 
 @triton.jit
@@ -90,7 +91,7 @@ def split_path(rows_cfg, dm_cfg, trans):
     rb, rw = rows_cfg
     db, dw, ds, dsplit = dm_cfg
     nblk = triton.cdiv(N, rb)
-    dq, dyd = m._like_qkv(q), torch.empty_like(y_dot)
+    dq, dyd = m._like_qkv(q)[1], torch.empty_like(y_dot)
     dzp, dgp = z.new_empty(B, S, H, nblk, D), z.new_empty(B, S, H, nblk)
     _rows_kernel[(B * S * H, nblk)](dy, q, y_dot, Mc, z, g, dq, dyd, dzp, dgp, S, H, N, *st(dy), *st(q), *st(y_dot),
                                     *st(dq), EPS=EPS, D=D, BLOCK=rb, num_warps=rw)
@@ -102,14 +103,14 @@ def split_path(rows_cfg, dm_cfg, trans):
     return dq, dyd, dmp.sum(3), dzp.sum(3), dgp.sum((0, 1, 3))
 
 
-ref = m._read_bwd(dy, q, Mc, z, y_dot, g)
+ref = m._read_bwd(dy, q, Mc, z, y_dot, g, EPS)
 rows = [dict(pass_us=round(pass_us, 2),
-             landed_us=round(triton.testing.do_bench(lambda: m._read_bwd(dy, q, Mc, z, y_dot, g), rep=30) * 1e3, 1))]
+             landed_us=round(triton.testing.do_bench(lambda: m._read_bwd(dy, q, Mc, z, y_dot, g, EPS), rep=30) * 1e3, 1))]
 print(json.dumps(rows[0]), flush=True)
 for rc in [(32, 4), (64, 4), (64, 8)]:                 # the row kernel alone
     try:
         nblk = triton.cdiv(N, rc[0])
-        dq, dyd = m._like_qkv(q), torch.empty_like(y_dot)
+        dq, dyd = m._like_qkv(q)[1], torch.empty_like(y_dot)
         dzp, dgp = z.new_empty(B, S, H, nblk, D), z.new_empty(B, S, H, nblk)
         f = lambda: _rows_kernel[(B * S * H, nblk)](dy, q, y_dot, Mc, z, g, dq, dyd, dzp, dgp, S, H, N, *st(dy), *st(q),
                                                     *st(y_dot), *st(dq), EPS=EPS, D=D, BLOCK=rc[0], num_warps=rc[1])

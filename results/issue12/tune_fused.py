@@ -1,4 +1,4 @@
-"""Tile rows, warps, pipeline stages and programs a segment for each fused memory kernel (model.KERNEL_CFG),
+"""Tile rows, warps, pipeline stages and programs a segment for each fused memory kernel (kernels.KERNEL_CFG),
 timed alone (eager, triton.testing.do_bench) on the 300m layer's tensors at T = 8192, batch 4 (the same
 B S = 32 segments as T = 32768 at batch 1), against the bytes each must move. GPU only.
     python results/issue12/tune_fused.py OUT_DIR"""
@@ -12,7 +12,8 @@ import triton.testing
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import bench  # noqa: E402
-import model as m  # noqa: E402
+import kernels as m  # noqa: E402
+from model import EPS  # noqa: E402
 
 out_dir = sys.argv[1]
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -32,13 +33,13 @@ x = torch.empty(B, S, N, H, D, **bf)
 pass_us = triton.testing.do_bench(lambda: x.copy_(y_dot.transpose(2, 3))) * 1e3 / 2   # read + write: two passes
 
 jobs = {  # name: (KERNEL_CFG key, the call, passes over a (B, S, H, N, D) bf16 tensor it must make)
-    "write_fwd": ("write_fwd", lambda: m._segment_sums(k, v), 2),
-    "delta_w": ("delta_w", lambda: m._segment_sums(k, None, z), 1),
-    "read_fwd": ("read_fwd", lambda: m._read_fwd(q, Mc, z, y_dot, g), 3),
-    "read_bwd": ("read_bwd", lambda: m._read_bwd(dy, q, Mc, z, y_dot, g), 5),
-    "write_bwd": ("write_bwd", lambda: m._write_bwd(k, v, g_dM, g_zs, gs, z, False), 4),
-    "write_bwd_delta": ("write_bwd", lambda: m._write_bwd(k, v, g_dM, g_zs, gs, z, True), 4),
-    "delta_dz": ("delta_dz", lambda: m._delta_dz(k, gs, z), 1),
+    "write_fwd": ("write_fwd", lambda: m._segment_sums(k, v, EPS), 2),
+    "delta_w": ("delta_w", lambda: m._segment_sums(k, None, EPS, z), 1),
+    "read_fwd": ("read_fwd", lambda: m._read_fwd(q, Mc, z, y_dot, g, EPS), 3),
+    "read_bwd": ("read_bwd", lambda: m._read_bwd(dy, q, Mc, z, y_dot, g, EPS), 5),
+    "write_bwd": ("write_bwd", lambda: m._write_bwd(k, v, g_dM, g_zs, gs, z, False, EPS), 4),
+    "write_bwd_delta": ("write_bwd", lambda: m._write_bwd(k, v, g_dM, g_zs, gs, z, True, EPS), 4),
+    "delta_dz": ("delta_dz", lambda: m._delta_dz(k, gs, z, EPS), 1),
 }
 loop = list(itertools.product([32, 64], [4, 8], [1, 2, 3], [2, 4])) + [(128, 8, 1, 2), (128, 8, 2, 2)]
 grids = {"write_fwd": loop, "delta_w": loop,

@@ -1,4 +1,4 @@
-"""Columns a program (model.SCAN_BN) of the delta rule's Triton scan: training tokens/s of the 300m model
+"""Columns a program (kernels.SCAN_BN) of the delta rule's Triton scan: training tokens/s of the 300m model
 (bench.py's train mode) and the scan kernels' time in one compiled block (layer mode), T = 8192 and 32768.
 GPU only.  python results/issue12/tune_scan.py OUT_DIR"""
 import json
@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import bench  # noqa: E402
-import model  # noqa: E402
+import kernels  # noqa: E402
 
 args = bench.get_parser().parse_args(["--mode=train", "--steps=10", "--warmup=3", "--profile=none", "--layer_iters=10"])
 torch.backends.cuda.matmul.allow_tf32 = True
@@ -18,7 +18,7 @@ rows = []
 for T in [8192, 32768]:
     for variant, bn in [("local", None), ("infini-delta-fast", 32), ("infini-delta-fast", 16)]:
         if bn:
-            model.SCAN_BN = bn
+            kernels.SCAN_BN = bn
         r = bench.train_one(args, T, *bench.parse_variant(variant), variant)
         torch.cuda.empty_cache()
         if bn:
