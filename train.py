@@ -94,7 +94,8 @@ def get_parser(description=__doc__, model_from=None):
     a("--gate", default=d("hard_sigmoid"), help="hard_sigmoid (P1) | sigmoid (P2)" + note)
     a("--fast_memory", type=int, default=1, choices=(0, 1), help="1 = memory_fast, 0 = compressive_memory (the "
       "spec): the same function, a code path and not part of the model (so not taken from a checkpoint); on an "
-      "H200 fast had 1-5%% more tokens/s and 0-14%% less peak memory")
+      "H200 fast had 1-8%% more tokens/s (against local attention in each run) and 9-23%% less peak memory "
+      "(results/bench_v4_h200, bench_v5_h200)")
     a("--segment", type=int, default=d(1024), help="segment length N for infini/local" + note)
     # data and batch
     a("--data_dir", default="data/fineweb10B", help="folder of *_train_*.bin / *_val_*.bin shards (prepare_fineweb.py)")
@@ -113,7 +114,7 @@ def get_parser(description=__doc__, model_from=None):
     # system
     a("--device", default="cuda" if cuda else "cpu", help="cuda | cpu (torchrun: each rank uses cuda:LOCAL_RANK)")
     a("--dtype", default="bfloat16" if cuda else "float32", help="autocast dtype: bfloat16 | float32 (the CPU default: "
-      "bf16 autocast ran 1.6-3.6x slower than fp32 on 2 CPU cores, tiny and small presets)")
+      "bf16 autocast ran 1.6-2.1x slower than fp32 on 2 CPU threads, results/cpu_dtype.txt)")
     a("--compile", type=int, default=1 if cuda else 0, choices=(0, 1), help="torch.compile each block (default on CUDA)")
     a("--seed", type=int, default=1337, help="model init and data order")
     # logging, evaluation, checkpoints
