@@ -92,18 +92,54 @@ def check(args):
 
 
 def train_throughput(args):
+    """Training tokens/s of every variant at every T. The variants of one T are all built, compiled and warmed up
+    first, then timed in --rounds rounds that take turns: a GPU's clocks drift over a run as it heats up, and
+    variants timed one after another would each get a different chip (in layer mode the first variant's matmuls
+    ran 3-5 % faster than the same matmuls a minute later)."""
     rows, path = [], os.path.join(args.out_dir, f"bench_{args.tag}.json")
     for T in args.Ts:
+        torch._dynamo.reset()      # a fresh compile per T: honest compile_s, no recompile limit
+        runs = []
         for variant in args.variants:
             attn, update, memory = parse_variant(variant)
             try:
-                row = train_one(args, T, attn, update, memory, variant)
+                runs.append(train_setup(args, T, attn, update, memory, variant))
             except Exception as e:                              # e.g. a compile failure: keep the other rows
                 row = dict(attn=attn, update=update or None, memory=memory, T=T, error=f"{type(e).__name__}: {e}"[:500])
+                print(json.dumps(row), flush=True)
+                rows.append(row)
             torch.cuda.empty_cache()                            # (after the except: its traceback held the model)
+        per_round = args.steps // args.rounds
+        for _ in range(args.rounds):
+            for run in [r for r in runs if "error" not in r]:
+                kernels.TRITON_KERNELS = run["triton"]
+                try:
+                    run["ms"].append(run["time"](per_round))
+                except Exception as e:                          # e.g. out of memory: the others go on
+                    run["error"] = f"{type(e).__name__}: {e}"[:500]
+        for run in runs:
+            if "error" in run:
+                rows.append(dict(run["row"], error=run["error"]))
+                print(json.dumps(rows[-1]), flush=True)
+                continue
+            row = run["row"]
+            dt = sum(run["ms"]) / 1e3 / (per_round * len(run["ms"]))
+            tok_s = row["batch"] * T / dt
+            peak = peak_flops()
+            row.update(tok_s=round(tok_s), mfu=round(run["flops_per_token"] * tok_s / peak, 4) if peak else None,
+                       step_ms=round(dt * 1e3, 1), round_ms=[round(ms / per_round, 1) for ms in run["ms"]],
+                       loss=round(run["last_loss"](), 3))
+            if (run["variant"], T) == (args.profile, args.profile_T):
+                kernels.TRITON_KERNELS = run["triton"]
+                try:
+                    profile(run["step"], os.path.join(args.out_dir, f"profile_{run['variant']}_{T}.txt"))
+                except Exception as e:                          # the timed row stands without its profile
+                    row["profile_error"] = f"{type(e).__name__}: {e}"[:500]
             print(json.dumps(row), flush=True)
             rows.append(row)
             write_rows(path, rows)
+        del runs, run                    # (the loop's last run holds its model: later modes measure memory)
+        torch.cuda.empty_cache()
     ok = [r for r in rows if "error" not in r]
     # the table, with ratios against full and local attention measured in this same run
     full = {r["T"]: r for r in ok if r["attn"] == "full"}
@@ -114,7 +150,7 @@ def train_throughput(args):
     for r in ok:
         name = "-".join(str(r[k]) for k in ("attn", "update", "memory") if r[k])
         print(f"{name:20s} {r['T']:6d} {r['batch']:3d} {r['tok_s']:9d} {ratio(r, full, 'tok_s'):7.2f} "
-              f"{ratio(r, local, 'tok_s'):7.2f} {r['mfu'] or 0:6.3f} {r['peak_gb']:8.2f} "
+              f"{ratio(r, local, 'tok_s'):7.3f} {r['mfu'] or 0:6.3f} {r['peak_gb']:8.2f} "
               f"{ratio(r, local, 'peak_gb'):7.2f} {r['compile_s']:9.1f}")
     for r in rows:
         if "error" in r:
@@ -132,25 +168,30 @@ def parse_variant(v):
     return attn, update, (memory or "plain") if attn == "infini" else None
 
 
-def variant_config(args, attn, update, memory):
-    """A fresh start for one variant (compile caches reset, seed 0) and its model config; "-torch" switches
-    memory_fast's Triton kernels off until the next variant."""
-    torch._dynamo.reset()      # a fresh compile per configuration: honest compile_s, no recompile limit
+def variant_config(args, attn, update, memory, reset=True):
+    """A fresh start for one variant (compile caches reset unless reset=0, seed 0) and its model config;
+    "-torch" switches memory_fast's Triton kernels off until the next variant."""
+    if reset:
+        torch._dynamo.reset()  # a fresh compile per configuration: honest compile_s, no recompile limit
     torch.manual_seed(0)
     kernels.TRITON_KERNELS = memory != "torch"
     return make_config(args.model, attn=attn, update=update or "delta", segment=args.segment,
                        fast_memory=memory not in (None, "plain"))
 
 
-def train_one(args, T, attn, update, memory, variant):
-    """One variant at one T: compile, warm up, time args.steps steps; the JSON row."""
-    cfg = variant_config(args, attn, update, memory)
+def train_setup(args, T, attn, update, memory, variant):
+    """One variant at one T, built, compiled and warmed up: its row so far (compile_s, peak memory of its own
+    weights, optimizer state and steps), and a function that times n steps (milliseconds)."""
+    base = torch.cuda.memory_allocated()                       # the other variants' models, resident
+    torch.cuda.reset_peak_memory_stats()
+    cfg = variant_config(args, attn, update, memory, reset=False)
     model = Llama(cfg).cuda()
     opt = model.configure_optimizers(lr=1e-4, weight_decay=0.1, beta_lr=0.01, fused=True)
     if args.compile:
         compile_model(model)
     B = args.tokens // T
     data = torch.randint(0, 50257, (B, T + 1), device="cuda")
+    losses = []
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -159,35 +200,27 @@ def train_one(args, T, attn, update, memory, variant):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return loss
+        losses[:] = [loss]
 
-    torch.cuda.reset_peak_memory_stats()
+    def time_steps(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(n):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize()
-    compile_s = time.perf_counter() - t0
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(args.steps):
-        loss = step()
-    end.record()
-    torch.cuda.synchronize()
-    dt = start.elapsed_time(end) / 1e3 / args.steps
-    tok_s = B * T / dt
-    peak = peak_flops()
-    row = dict(attn=attn, update=update or None, memory=memory, T=T, batch=B, tok_s=round(tok_s),
-               mfu=round(model.flops_per_token(T) * tok_s / peak, 4) if peak else None,
-               peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2),
-               compile_s=round(compile_s, 1), step_ms=round(dt * 1e3, 1), loss=round(loss.item(), 3))
-    if (variant, T) == (args.profile, args.profile_T):
-        try:
-            profile(step, os.path.join(args.out_dir, f"profile_{variant}_{T}.txt"))
-        except Exception as e:                                  # the timed row stands without its profile
-            row["profile_error"] = f"{type(e).__name__}: {e}"[:500]
-    del model, opt, data
-    torch.cuda.empty_cache()
-    return row
+    row = dict(attn=attn, update=update or None, memory=memory, T=T, batch=B,
+               peak_gb=round((torch.cuda.max_memory_allocated() - base) / 2**30, 2),
+               compile_s=round(time.perf_counter() - t0, 1))
+    return dict(variant=variant, row=row, step=step, time=time_steps, ms=[], triton=kernels.TRITON_KERNELS,
+                flops_per_token=model.flops_per_token(T), last_loss=lambda: losses[0].item())
 
 
 def profile(step, path):
@@ -357,6 +390,7 @@ def get_parser():
                         "fast = memory_fast, torch = memory_fast without its Triton kernels)")
     p.add_argument("--tokens", type=int, default=32768, help="tokens per step (batch = tokens / T)")
     p.add_argument("--steps", type=int, default=10, help="timed training steps per variant")
+    p.add_argument("--rounds", type=int, default=5, help="train mode: the timed steps in this many rounds (a divisor of --steps), the variants taking turns")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation)")
     p.add_argument("--compile", type=int, default=1, help="1 = torch.compile each block")
     p.add_argument("--profile", default="infini-linear-fast", help="variant to profile (kernel table), or none")
@@ -376,6 +410,8 @@ if __name__ == "__main__":
     args = get_parser().parse_args()
     for v in args.variants:
         parse_variant(v)
+    if args.rounds < 1 or args.steps % args.rounds:
+        raise SystemExit(f"error: --rounds must be at least 1 and divide --steps ({args.steps}), got {args.rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
     args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")

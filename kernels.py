@@ -104,24 +104,27 @@ def scan_bwd(W, gM_prev, gM, n_full):
 # sigma(Q), sigma(K), a row-major V and the mixed output for the backward (1.07-1.16x local attention's peak
 # memory), because the inductor cannot fuse elementwise work into a matmul. These kernels read q, k, v where the
 # qkv projection left them (its output, which the backward keeps anyway), apply sigma in registers and do the
-# memory's D x D matmuls on tiles of BLOCK rows:
-#   _write_fwd_kernel   per segment: sigma(K)^T V and sum sigma(K), or the delta rule's W_s   reads k, v
-#   _read_fwd_kernel    per row block: y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot       q, y_dot -> y
-#   _read_bwd_kernel    per segment: dq, dy_dot row by row; dM, dz, dg summed over its rows  dy, q, y_dot
-#   _write_bwd_kernel   per row block: dk, dv (+ the delta rule's terms through W_s)          k, v -> dk, dv
-#   _delta_dz_kernel    per segment: the delta rule's gradient of z through W_s             k
-# About 17 passes for the linear rule, and nothing per token saved but y (1.00-1.07x local's peak). They run at
-# 1.7-5x their byte floors (results/issue12/tune_fused.json), so the time saved is smaller than the passes
-# suggest (results/issue12/NOTES.md). The retrieval stays fp32 before its division (the PyTorch path rounds it
-# to bf16), and the write's backward takes elu'(k) from sigma(k) before its rounding to bf16 (the Functions: after).
-# Tested against the PyTorch path through Triton's interpreter on the CPU (test_model.py) and against
-# float64 on the GPU, eager and compiled (bench.py --mode=check).
+# memory's D x D matmuls on tiles of BLOCK rows. Two shapes of program:
+#   a column block: BC columns of a segment's D x D sum over all its rows (the sum needs no second pass, and
+#     the accumulator is D x BC, not D x D: fewer registers, more programs at once)
+#   a row chunk: PER rows of a segment, a tile at a time, loading the segment's D x D operands once
+#   _write_fwd_kernel    columns: sigma(K)^T V and sum sigma(K), or the delta rule's W_s            reads k, v
+#   _read_fwd_kernel     rows: y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot                       q, y_dot -> y
+#   _read_bwd_kernel     rows: dq, dy_dot; dz, dg summed over the chunk                          dy, q, y_dot
+#   _read_dm_kernel      columns: dM = g sigma(Q)^T diag(1 / den) dY                                     q, dy
+#   _write_bwd_kernel    rows: dk, dv (+ the delta rule's terms through W_s)                     k, v -> dk, dv
+#   _delta_dz_kernel     rows: the delta rule's gradient of z through W_s, summed over the chunk            k
+# About 19 passes for the linear rule, and nothing per token saved but y (1.00-1.07x local's peak). The retrieval
+# stays fp32 before its division (the PyTorch path rounds it to bf16), and the write's backward takes elu'(k)
+# from sigma(k) before its rounding to bf16 (the Functions: after). Tested against the PyTorch path through
+# Triton's interpreter on the CPU (test_model.py) and against float64 on the GPU, eager and compiled
+# (bench.py --mode=check). Timings and the choices they made: results/issue12/NOTES.md.
 if triton is not None:
     @triton.jit
-    def _offs(i, rn, S, H, st_b, st_s, st_h, st_n, D: tl.constexpr):
-        """Offsets of rows rn of (batch, segment, head) i = (b S + s) H + h in a (B, S, H, N, D) tensor."""
+    def _offs(i, rn, rc, S, H, st_b, st_s, st_h, st_n):
+        """Offsets of rows rn, columns rc of (batch, segment, head) i = (b S + s) H + h in a (B, S, H, N, D) tensor."""
         b, s, h = i // (S * H), (i // H) % S, i % H
-        return b * st_b + s * st_s + h * st_h + rn[:, None] * st_n + tl.arange(0, D)[None, :]
+        return b * st_b + s * st_s + h * st_h + rn[:, None] * st_n + rc[None, :]
 
     @triton.jit
     def _sigma(X, off, rows):
@@ -131,143 +134,168 @@ if triton is not None:
         return s, s.to(X.dtype.element_ty)
 
     @triton.jit
-    def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, PER, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
-                          EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
-        """OUT[i, j] = sigma(K)^T V (DELTA: sigma(K)^T diag(1 / sigma(K) z) sigma(K), V unused) over rows j PER ..
-        (j + 1) PER of segment-head i, and OUTZ[i, j] their sum of sigma(K) (DELTA: zeros, unused)."""
-        i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
-        acc, zacc = tl.zeros((D, D), tl.float32), tl.zeros((D,), tl.float32)
+    def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, NC, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
+                          EPS: tl.constexpr, D: tl.constexpr, BC: tl.constexpr, BLOCK: tl.constexpr,
+                          DELTA: tl.constexpr, PREC: tl.constexpr):
+        """Columns c of OUT[i] = sigma(K)^T V over the N rows of segment-head i, and OUTZ[i] = sum sigma(K) (stored
+        by the first column block). DELTA: W_s = sigma(K)^T diag(1 / sigma(K) z) sigma(K) instead, V and OUTZ unused."""
+        i, cb, rd = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.arange(0, D)
+        rc = cb * BC + tl.arange(0, BC)
+        acc, zacc = tl.zeros((D, BC), tl.float32), tl.zeros((D,), tl.float32)
         if DELTA:
             z = tl.load(Z + i * D + rd)
-        for n0 in range(j * PER, j * PER + PER, BLOCK):
+        for n0 in range(0, N, BLOCK):
             rn = n0 + tl.arange(0, BLOCK)
             rows = rn < N
-            s32, sk = _sigma(K, _offs(i, rn, S, H, k_b, k_s, k_h, k_n, D), rows)
+            _, sk = _sigma(K, _offs(i, rn, rd, S, H, k_b, k_s, k_h, k_n), rows)
             if DELTA:
-                raw = tl.sum(sk.to(tl.float32) * z[None, :], axis=1)
-                right = (sk.to(tl.float32) / tl.maximum(raw, EPS)[:, None]).to(sk.dtype)
+                den = tl.maximum(tl.sum(sk.to(tl.float32) * z[None, :], axis=1), EPS)
+                if BC == D:
+                    right = sk
+                else:                                # the columns of sigma(K) this program owns
+                    right = _sigma(K, _offs(i, rn, rc, S, H, k_b, k_s, k_h, k_n), rows)[1]
+                right = (right.to(tl.float32) / den[:, None]).to(sk.dtype)
             else:
-                right = tl.load(V + _offs(i, rn, S, H, v_b, v_s, v_h, v_n, D), mask=rows[:, None], other=0.0)
+                right = tl.load(V + _offs(i, rn, rc, S, H, v_b, v_s, v_h, v_n), mask=rows[:, None], other=0.0)
                 zacc += tl.sum(sk.to(tl.float32), axis=0)
             acc += tl.dot(tl.trans(sk), right, input_precision=PREC)
-        slot = i * tl.num_programs(1) + j
-        tl.store(OUT + slot * D * D + rd[:, None] * D + rd[None, :], acc)
-        tl.store(OUTZ + slot * D + rd, zacc)
+        tl.store(OUT + i * D * D + rd[:, None] * D + rc[None, :], acc)
+        if not DELTA:
+            if cb == 0:
+                tl.store(OUTZ + i * D + rd, zacc)
 
     @triton.jit
-    def _read_fwd_kernel(Q, YD, Y, MC, Z, G, S, H, N, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
+    def _read_fwd_kernel(Q, YD, Y, MC, Z, G, S, H, N, PER, NJ, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
                          y_b, y_s, y_h, y_n, EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        """_ReadAndMix.forward for rows tile * BLOCK .. of segment-head i: y = g sigma(q) M / (sigma(q) z) +
+        """_ReadAndMix.forward for rows j PER .. (j + 1) PER of segment-head i: y = g sigma(q) M / (sigma(q) z) +
         (1 - g) y_dot, the retrieval in fp32 before its division."""
-        i, rd = tl.program_id(0), tl.arange(0, D)
-        rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        rows = rn < N
-        _, sq = _sigma(Q, _offs(i, rn, S, H, q_b, q_s, q_h, q_n, D), rows)
-        raw = tl.sum(sq.to(tl.float32) * tl.load(Z + i * D + rd)[None, :], axis=1)     # sigma(q) z_{s-1}
-        a = tl.dot(sq, tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :]), input_precision=PREC)
-        g = tl.load(G + i % H)
-        yd = tl.load(YD + _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D), mask=rows[:, None], other=0.0)
-        y = g * a / tl.maximum(raw, EPS)[:, None] + (1.0 - g) * yd.to(tl.float32)
-        tl.store(Y + _offs(i, rn, S, H, y_b, y_s, y_h, y_n, D), y.to(Y.dtype.element_ty), mask=rows[:, None])
-
-    @triton.jit
-    def _read_bwd_kernel(DY, Q, YD, MC, Z, G, DQ, DYD, DMP, DZP, DGP, S, H, N, PER, y_b, y_s, y_h, y_n,
-                         q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n,
-                         EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        """_ReadAndMix.backward over rows j PER .. (j + 1) PER of segment-head i. dq and dy_dot share
-        strides (o_*); dM, dz, dg of the rows go to slot (i, j), summed after (no atomics)."""
-        i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
-        mt = tl.load(MC + i * D * D + rd[None, :] * D + rd[:, None])                   # M^T
+        i, j, rd = tl.program_id(0) // NJ, tl.program_id(0) % NJ, tl.arange(0, D)
+        m = tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :])
         z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
-        dm, dz, dg = tl.zeros((D, D), tl.float32), tl.zeros((D,), tl.float32), tl.zeros((BLOCK,), tl.float32)
         for n0 in range(j * PER, j * PER + PER, BLOCK):
             rn = n0 + tl.arange(0, BLOCK)
             rows = rn < N
-            off_q, off_y = _offs(i, rn, S, H, q_b, q_s, q_h, q_n, D), _offs(i, rn, S, H, y_b, y_s, y_h, y_n, D)
-            _, sq = _sigma(Q, off_q, rows)
+            _, sq = _sigma(Q, _offs(i, rn, rd, S, H, q_b, q_s, q_h, q_n), rows)
+            raw = tl.sum(sq.to(tl.float32) * z[None, :], axis=1)                       # sigma(q) z_{s-1}
+            a = tl.dot(sq, m, input_precision=PREC)
+            yd = tl.load(YD + _offs(i, rn, rd, S, H, d_b, d_s, d_h, d_n), mask=rows[:, None], other=0.0)
+            y = g * a / tl.maximum(raw, EPS)[:, None] + (1.0 - g) * yd.to(tl.float32)
+            tl.store(Y + _offs(i, rn, rd, S, H, y_b, y_s, y_h, y_n), y.to(Y.dtype.element_ty), mask=rows[:, None])
+
+    @triton.jit
+    def _read_bwd_kernel(DY, Q, YD, MC, Z, G, DQ, DYD, DZP, DGP, S, H, N, PER, NJ, y_b, y_s, y_h, y_n,
+                         q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, o_b, o_s, o_h, o_n,
+                         EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """_ReadAndMix.backward but dM, for rows j PER .. (j + 1) PER of segment-head i: dq and dy_dot (sharing
+        strides o_*); the rows' dz and dg go to slot (i, j), summed after (no atomics)."""
+        i, j, rd = tl.program_id(0) // NJ, tl.program_id(0) % NJ, tl.arange(0, D)
+        m = tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :])
+        z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
+        dz, dg = tl.zeros((D,), tl.float32), tl.zeros((BLOCK,), tl.float32)
+        for n0 in range(j * PER, j * PER + PER, BLOCK):
+            rn = n0 + tl.arange(0, BLOCK)
+            rows = rn < N
+            _, sq = _sigma(Q, _offs(i, rn, rd, S, H, q_b, q_s, q_h, q_n), rows)
             s32 = sq.to(tl.float32)
             raw = tl.sum(s32 * z[None, :], axis=1)
             den = tl.maximum(raw, EPS)
-            dy = tl.load(DY + off_y, mask=rows[:, None], other=0.0).to(tl.float32)
-            u = (dy / den[:, None]).to(sq.dtype)
-            gm = tl.dot(u, mt, input_precision=PREC)                                   # dy M^T / den
+            dy = tl.load(DY + _offs(i, rn, rd, S, H, y_b, y_s, y_h, y_n), mask=rows[:, None], other=0.0).to(tl.float32)
+            gm = tl.dot((dy / den[:, None]).to(sq.dtype), tl.trans(m), input_precision=PREC)   # dy M^T / den
             dya = tl.sum(s32 * gm, axis=1)                                              # dy . A_mem per token
             dden = tl.where(raw >= EPS, -g * dya / den, 0.0)                           # none through the floor
             dq = (g * gm + dden[:, None] * z[None, :]) * tl.minimum(s32, 1.0)          # elu'(x) = min(sigma(x), 1)
-            off_o = _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D)
+            off_o = _offs(i, rn, rd, S, H, o_b, o_s, o_h, o_n)
             tl.store(DQ + off_o, dq.to(DQ.dtype.element_ty), mask=rows[:, None])
             tl.store(DYD + off_o, ((1.0 - g) * dy).to(DYD.dtype.element_ty), mask=rows[:, None])
-            dm += tl.dot(tl.trans(sq), u, input_precision=PREC)
             dz += tl.sum(dden[:, None] * s32, axis=0)
-            yd = tl.load(YD + _offs(i, rn, S, H, d_b, d_s, d_h, d_n, D), mask=rows[:, None], other=0.0)
+            yd = tl.load(YD + _offs(i, rn, rd, S, H, d_b, d_s, d_h, d_n), mask=rows[:, None], other=0.0)
             dg += dya - tl.sum(dy * yd.to(tl.float32), axis=1)
-        slot = i * tl.num_programs(1) + j
-        tl.store(DMP + slot * D * D + rd[:, None] * D + rd[None, :], g * dm)
-        tl.store(DZP + slot * D + rd, dz)
-        tl.store(DGP + slot, tl.sum(dg, axis=0))
+        tl.store(DZP + tl.program_id(0) * D + rd, dz)
+        tl.store(DGP + tl.program_id(0), tl.sum(dg, axis=0))
 
     @triton.jit
-    def _write_bwd_kernel(K, V, GDM, GZS, GS, Z, DK, DV, S, H, N, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
+    def _read_dm_kernel(Q, DY, Z, G, OUT, S, H, N, NC, q_b, q_s, q_h, q_n, y_b, y_s, y_h, y_n,
+                        EPS: tl.constexpr, D: tl.constexpr, BC: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
+        """Columns c of the read's dM[i] = g sigma(Q)^T diag(1 / den) dY over the N rows of segment-head i
+        (u = dy / den rounded as _read_bwd_kernel's matmul operand)."""
+        i, cb, rd = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.arange(0, D)
+        rc = cb * BC + tl.arange(0, BC)
+        z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
+        acc = tl.zeros((D, BC), tl.float32)
+        for n0 in range(0, N, BLOCK):
+            rn = n0 + tl.arange(0, BLOCK)
+            rows = rn < N
+            _, sq = _sigma(Q, _offs(i, rn, rd, S, H, q_b, q_s, q_h, q_n), rows)
+            den = tl.maximum(tl.sum(sq.to(tl.float32) * z[None, :], axis=1), EPS)
+            dy = tl.load(DY + _offs(i, rn, rc, S, H, y_b, y_s, y_h, y_n), mask=rows[:, None], other=0.0)
+            acc += tl.dot(tl.trans(sq), (dy.to(tl.float32) / den[:, None]).to(sq.dtype), input_precision=PREC)
+        tl.store(OUT + i * D * D + rd[:, None] * D + rc[None, :], g * acc)
+
+    @triton.jit
+    def _write_bwd_kernel(K, V, GDM, GZS, GS, Z, DK, DV, S, H, N, PER, NJ, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
                           o_b, o_s, o_h, o_n,
                           EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
-        """dsigma(K) = V dM^T + dz (DELTA: + the gradient through W_s, with GS = gW + gW^T), dk = dsigma(K)
-        elu'(k); dV = sigma(K) dM. dk and dv are laid out alike (strides o_*)."""
-        i, rd = tl.program_id(0), tl.arange(0, D)
-        rn = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        rows = rn < N
-        off_k, off_v = _offs(i, rn, S, H, k_b, k_s, k_h, k_n, D), _offs(i, rn, S, H, v_b, v_s, v_h, v_n, D)
-        s32, sk = _sigma(K, off_k, rows)
-        v = tl.load(V + off_v, mask=rows[:, None], other=0.0)
-        gdm = tl.load(GDM + i * D * D + rd[:, None] * D + rd[None, :]).to(sk.dtype)
-        dsk = tl.dot(v, tl.trans(gdm), input_precision=PREC) + tl.load(GZS + i * D + rd)[None, :]
-        off_o = _offs(i, rn, S, H, o_b, o_s, o_h, o_n, D)
-        tl.store(DV + off_o, tl.dot(sk, gdm, input_precision=PREC).to(DV.dtype.element_ty), mask=rows[:, None])
+        """Rows j PER .. (j + 1) PER of segment-head i: dsigma(K) = V dM^T + dz (DELTA: + the gradient through W_s,
+        with GS = gW + gW^T), dk = dsigma(K) elu'(k); dV = sigma(K) dM. dk and dv are laid out alike (strides o_*)."""
+        i, j, rd = tl.program_id(0) // NJ, tl.program_id(0) % NJ, tl.arange(0, D)
+        gdm, gzs = tl.load(GDM + i * D * D + rd[:, None] * D + rd[None, :]), tl.load(GZS + i * D + rd)
         if DELTA:
-            # W_s = sum_n sigma(k_n)^T sigma(k_n) / den_n, den_n = sigma(k_n) z_{s-1}:
-            # dsigma(k_n) = Y_n / den_n - (Y_n . sigma(k_n)) / (2 den_n^2) z_{s-1},  Y = sigma(K) (gW + gW^T)
-            z, sf = tl.load(Z + i * D + rd), sk.to(tl.float32)
-            raw = tl.sum(sf * z[None, :], axis=1)
-            den = tl.maximum(raw, EPS)
-            y = tl.dot(sk, tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :]), input_precision=PREC)
-            dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
-            dsk += y / den[:, None] + dden[:, None] * z[None, :]
-        tl.store(DK + off_o, (dsk * tl.minimum(s32, 1.0)).to(DK.dtype.element_ty), mask=rows[:, None])
+            z, gs = tl.load(Z + i * D + rd), tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :])
+        for n0 in range(j * PER, j * PER + PER, BLOCK):
+            rn = n0 + tl.arange(0, BLOCK)
+            rows = rn < N
+            s32, sk = _sigma(K, _offs(i, rn, rd, S, H, k_b, k_s, k_h, k_n), rows)
+            v = tl.load(V + _offs(i, rn, rd, S, H, v_b, v_s, v_h, v_n), mask=rows[:, None], other=0.0)
+            dsk = tl.dot(v, tl.trans(gdm), input_precision=PREC) + gzs[None, :]
+            off_o = _offs(i, rn, rd, S, H, o_b, o_s, o_h, o_n)
+            tl.store(DV + off_o, tl.dot(sk, gdm, input_precision=PREC).to(DV.dtype.element_ty), mask=rows[:, None])
+            if DELTA:
+                # W_s = sum_n sigma(k_n)^T sigma(k_n) / den_n, den_n = sigma(k_n) z_{s-1}:
+                # dsigma(k_n) = Y_n / den_n - (Y_n . sigma(k_n)) / (2 den_n^2) z_{s-1},  Y = sigma(K) (gW + gW^T)
+                sf = sk.to(tl.float32)
+                raw = tl.sum(sf * z[None, :], axis=1)
+                den = tl.maximum(raw, EPS)
+                y = tl.dot(sk, gs, input_precision=PREC)
+                dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
+                dsk += y / den[:, None] + dden[:, None] * z[None, :]
+            tl.store(DK + off_o, (dsk * tl.minimum(s32, 1.0)).to(DK.dtype.element_ty), mask=rows[:, None])
 
     @triton.jit
-    def _delta_dz_kernel(K, GS, Z, OUT, S, H, N, PER, k_b, k_s, k_h, k_n,
+    def _delta_dz_kernel(K, GS, Z, OUT, S, H, N, PER, NJ, k_b, k_s, k_h, k_n,
                          EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, PREC: tl.constexpr):
-        """The gradient of z_{s-1} through W_s: sum over rows j PER .. (j + 1) PER of dden_n sigma(k_n)."""
-        i, j, rd = tl.program_id(0), tl.program_id(1), tl.arange(0, D)
+        """The gradient of z_{s-1} through W_s: sum over rows j PER .. (j + 1) PER of dden_n sigma(k_n), to slot (i, j)."""
+        i, j, rd = tl.program_id(0) // NJ, tl.program_id(0) % NJ, tl.arange(0, D)
         z, gs = tl.load(Z + i * D + rd), tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :])
         acc = tl.zeros((D,), tl.float32)
         for n0 in range(j * PER, j * PER + PER, BLOCK):
             rn = n0 + tl.arange(0, BLOCK)
             rows = rn < N
-            _, sk = _sigma(K, _offs(i, rn, S, H, k_b, k_s, k_h, k_n, D), rows)
+            _, sk = _sigma(K, _offs(i, rn, rd, S, H, k_b, k_s, k_h, k_n), rows)
             sf = sk.to(tl.float32)
             raw = tl.sum(sf * z[None, :], axis=1)
             den = tl.maximum(raw, EPS)
             y = tl.dot(sk, gs, input_precision=PREC)
             dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
             acc += tl.sum(dden[:, None] * sf, axis=0)
-        tl.store(OUT + (i * tl.num_programs(1) + j) * D + rd, acc)
+        tl.store(OUT + tl.program_id(0) * D + rd, acc)
 
 
 def fused_on_gpu(q):
     """Whether memory_fast runs as the Triton kernels: CUDA, bf16 or fp32 (fp16 cannot hold 1 / EPS), a head dim
     tl.dot takes, and offsets that fit the kernels' int32 arithmetic: q's span (the qkv buffer) and the
-    per-segment D x D partial sums."""
+    (B, S, H, D, D) sums."""
     B, S, H, N, D = q.shape
     span = 1 + sum((n - 1) * st for n, st in zip(q.shape, q.stride()))
-    states = B * S * H * D * D * max(cfg[3] for cfg in KERNEL_CFG.values())
     return (TRITON_KERNELS and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float32)
-            and 16 <= D <= 128 and D & (D - 1) == 0 and max(span, states) < 2**31)
+            and 16 <= D <= 128 and D & (D - 1) == 0 and max(span, B * S * H * D * D) < 2**31)
 
 
-# per kernel: (rows a tile, warps, pipeline stages, programs a segment); the row-block kernels run one
-# program per tile, so the last entry is theirs only in name
-KERNEL_CFG = dict(write_fwd=(64, 4, 2, 2), delta_w=(32, 8, 3, 2), read_fwd=(64, 4, 1, 1), read_bwd=(32, 4, 1, 2),
-                  write_bwd=(64, 8, 1, 1), delta_dz=(32, 4, 1, 4))   # (the fastest in results/issue12/tune_fused.json)
+# per kernel: (rows a tile, warps, pipeline stages, columns a program (column-block kernels: at most D) or rows a
+# program (row-chunk kernels: a multiple of the tile)). The fastest alone on the 300m layer's tensors on an H200
+# (results/issue12/tune_cols.json): a whole segment's columns per program won for every column-block kernel.
+KERNEL_CFG = dict(write_fwd=(64, 4, 2, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 256), read_bwd=(32, 4, 1, 256),
+                  read_dm=(32, 8, 3, 128), write_bwd=(64, 4, 2, 256), write_bwd_delta=(64, 8, 2, 256),
+                  delta_dz=(32, 4, 1, 256))
 
 
 def _st(t):
@@ -288,68 +316,76 @@ def _like_qkv(t):
     return out, out.transpose(2, 3)
 
 
-def _split(name, N):
-    """Rows each program of a per-segment kernel covers (a multiple of its tile), and programs a segment."""
-    block, split = KERNEL_CFG[name][0], KERNEL_CFG[name][3]
-    per = triton.cdiv(triton.cdiv(N, split), block) * block
-    return per, triton.cdiv(N, per)
+COLUMN_KERNELS = ("write_fwd", "delta_w", "read_dm")
 
 
-def _launch(kernel, name, t, n, *args, eps, **kw):
-    """kernel on (B S H, n) programs for the (B, S, H, N, D) tensor t, configured by KERNEL_CFG[name]; eps is
-    the normaliser's floor (model.EPS)."""
+def _plan(name, t, eps):
+    """The launch of kernel KERNEL_CFG[name] for the (B, S, H, N, D) tensor t: (grid, the kernel's NC or its
+    PER and NJ, the keywords). B S H n programs, the n of a segment-head adjacent (they share its operands in L2);
+    eps is the normaliser's floor (model.EPS)."""
     B, S, H, N, D = t.shape
-    block, warps, stages, _ = KERNEL_CFG[name]
-    kernel[(B * S * H, n)](*args, **kw, EPS=eps, D=D, BLOCK=block, PREC=_prec(t), num_warps=warps, num_stages=stages)
+    block, warps, stages, per = KERNEL_CFG[name]
+    kw = dict(EPS=eps, D=D, BLOCK=block, PREC=_prec(t), num_warps=warps, num_stages=stages)
+    if name in COLUMN_KERNELS:
+        bc = min(per, D)
+        while bc > 32 and B * S * H * (D // bc) < 256:     # few segment-heads (streaming at batch 1): fill the
+            bc //= 2                                         # GPU, about two programs an SM of an H100 / H200
+        return (B * S * H * (D // bc),), (D // bc,), dict(kw, BC=bc)
+    per = triton.cdiv(per, block) * block
+    n = triton.cdiv(N, per)
+    return (B * S * H * n,), (per, n), kw
 
 
 def _segment_sums(k, v, eps, z=None):
     """(sigma(K)^T V, sum sigma(K)) per segment, or, given z_{s-1}, W_s. fp32 (B, S, H, D, D), (B, S, H, D)."""
     B, S, H, N, D = k.shape
-    name = "write_fwd" if z is None else "delta_w"
-    per, n = _split(name, N)
-    out, outz = k.new_empty(B, S, H, n, D, D, dtype=torch.float32), k.new_empty(B, S, H, n, D, dtype=torch.float32)
+    grid, extra, kw = _plan("write_fwd" if z is None else "delta_w", k, eps)
+    out, outz = k.new_empty(B, S, H, D, D, dtype=torch.float32), k.new_empty(B, S, H, D, dtype=torch.float32)
     v = k if v is None else v
-    _launch(_write_fwd_kernel, name, k, n, k, v, outz if z is None else z, out, outz, S, H, N, per,
-            *_st(k), *_st(v), eps=eps, DELTA=z is not None)
-    return out.sum(3), outz.sum(3)
+    _write_fwd_kernel[grid](k, v, outz if z is None else z, out, outz, S, H, N, *extra, *_st(k), *_st(v),
+                            DELTA=z is not None, **kw)
+    return out, outz
 
 
 def _read_fwd(q, Mc, z, y_dot, g, eps):
     """y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot, laid out as wo's input."""
     B, S, H, N, D = q.shape
     out, y = _like_qkv(y_dot)
-    _launch(_read_fwd_kernel, "read_fwd", q, triton.cdiv(N, KERNEL_CFG["read_fwd"][0]), q, y_dot, out, Mc, z, g,
-            S, H, N, *_st(q), *_st(y_dot), *_st(y), eps=eps)
+    grid, extra, kw = _plan("read_fwd", q, eps)
+    _read_fwd_kernel[grid](q, y_dot, out, Mc, z, g, S, H, N, *extra, *_st(q), *_st(y_dot), *_st(y), **kw)
     return y
 
 
 def _read_bwd(dy, q, Mc, z, y_dot, g, eps):
-    """dq, dy_dot, dM, dz, dg of _read_fwd (each segment's partial sums added here)."""
+    """dq, dy_dot, dM, dz, dg of _read_fwd (the row chunks' dz, dg added here)."""
     B, S, H, N, D = q.shape
-    per, n = _split("read_bwd", N)
     (dq_out, dq), (dyd_out, dyd) = _like_qkv(q), _like_qkv(y_dot)
-    dmp, dzp, dgp = z.new_empty(B, S, H, n, D, D), z.new_empty(B, S, H, n, D), z.new_empty(B, S, H, n)
-    _launch(_read_bwd_kernel, "read_bwd", q, n, dy, q, y_dot, Mc, z, g, dq_out, dyd_out, dmp, dzp, dgp, S, H, N, per,
-            *_st(dy), *_st(q), *_st(y_dot), *_st(dq), eps=eps)
-    return dq, dyd, dmp.sum(3), dzp.sum(3), dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
+    grid, (per, n), kw = _plan("read_bwd", q, eps)
+    dzp, dgp = z.new_empty(B, S, H, n, D), z.new_empty(B, S, H, n)
+    _read_bwd_kernel[grid](dy, q, y_dot, Mc, z, g, dq_out, dyd_out, dzp, dgp, S, H, N, per, n,
+                           *_st(dy), *_st(q), *_st(y_dot), *_st(dq), **kw)
+    dm = z.new_empty(B, S, H, D, D)
+    grid, extra, kw = _plan("read_dm", q, eps)
+    _read_dm_kernel[grid](q, dy, z, g, dm, S, H, N, *extra, *_st(q), *_st(dy), **kw)
+    return dq, dyd, dm, dzp.sum(3), dgp.sum((0, 1, 3)).view(1, 1, H, 1, 1)
 
 
 def _delta_dz(k, gs, z_prev, eps):
     """The gradient of z_{s-1} through W_s, (B, S, H, D), given gs = gW + gW^T in k's dtype."""
     B, S, H, N, D = k.shape
-    per, n = _split("delta_dz", N)
+    grid, (per, n), kw = _plan("delta_dz", k, eps)
     out = z_prev.new_empty(B, S, H, n, D)
-    _launch(_delta_dz_kernel, "delta_dz", k, n, k, gs, z_prev, out, S, H, N, per, *_st(k), eps=eps)
+    _delta_dz_kernel[grid](k, gs, z_prev, out, S, H, N, per, n, *_st(k), **kw)
     return out.sum(3)
 
 
 def _write_bwd(k, v, g_dM, g_zs, gs, z_prev, delta, eps):
-    """dk, dv of the write: from the gradients of sigma(K)^T V, of sum sigma(K) and (delta) of W_s."""
+    """dk, dv of the write: from the gradients of sigma(K)^T V (in k's dtype), of sum sigma(K) and (delta) of W_s."""
     B, S, H, N, D = k.shape
     (dk_out, dk), (dv_out, dv) = _like_qkv(k), _like_qkv(v)
-    _launch(_write_bwd_kernel, "write_bwd", k, triton.cdiv(N, KERNEL_CFG["write_bwd"][0]), k, v, g_dM, g_zs, gs,
-            z_prev, dk_out, dv_out, S, H, N, *_st(k), *_st(v), *_st(dk), eps=eps, DELTA=delta)
+    grid, extra, kw = _plan("write_bwd_delta" if delta else "write_bwd", k, eps)
+    _write_bwd_kernel[grid](k, v, g_dM, g_zs, gs, z_prev, dk_out, dv_out, S, H, N, *extra,
+                            *_st(k), *_st(v), *_st(dk), DELTA=delta, **kw)
     return dk, dv
 
 
@@ -379,13 +415,16 @@ class WriteGPU(torch.autograd.Function):
             g_z[:, :-1] += gzp[:, 1:]
             g_z0 += gzp[:, 0]
         g_zs = g_z.flip(1).cumsum(dim=1).flip(1)                               # z_s = z_0 + sum_{t <= s} zs_t
-        dk, dv = _write_bwd(k, v, g_dM.contiguous(), g_zs.contiguous(), gs, z_prev, ctx.delta, ctx.eps)
+        dk, dv = _write_bwd(k, v, g_dM.to(k.dtype).contiguous(), g_zs.contiguous(), gs, z_prev, ctx.delta, ctx.eps)
         return dk, dv, g_z0 + g_z.sum(1), None, None
 
 
 class ReadGPU(torch.autograd.Function):
-    """model._ReadAndMix in Triton. Saves nothing per token of its own: q is a view of the qkv projection's output,
-    which stays alive anyway (SDPA saves v, a view of the same buffer), and y_dot is SDPA's output."""
+    """model._ReadAndMix in Triton, but y comes out as wo's input lays it out: (B, S, N, H, D), contiguous (the caller
+    transposes). Its gradient then arrives contiguous too: compiled, dynamo makes an autograd Function's incoming
+    gradients contiguous (a copy, had y been a transposed view). Saves nothing per token of its own: q is a view of
+    the qkv projection's output, which stays alive anyway (SDPA saves v, a view of the same buffer), and y_dot is
+    SDPA's output."""
 
     @staticmethod
     def forward(ctx, q, M, z, y_dot, g, eps):
@@ -393,11 +432,11 @@ class ReadGPU(torch.autograd.Function):
         ctx.g_shape, ctx.eps = g.shape, eps
         Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.expand(1, 1, H, 1, 1).reshape(H).contiguous()
         ctx.save_for_backward(q, Mc, z, y_dot, g)
-        return _read_fwd(q, Mc, z, y_dot, g, eps)
+        return _read_fwd(q, Mc, z, y_dot, g, eps).transpose(2, 3)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         q, Mc, z, y_dot, g = ctx.saved_tensors
-        dq, dyd, dM, dz, dg = _read_bwd(dy if dy.stride(-1) == 1 else dy.contiguous(), q, Mc, z, y_dot, g, ctx.eps)
+        dq, dyd, dM, dz, dg = _read_bwd(dy.contiguous().transpose(2, 3), q, Mc, z, y_dot, g, ctx.eps)
         return dq, dM, dz, dyd, dg.sum_to_size(ctx.g_shape), None

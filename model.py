@@ -347,7 +347,8 @@ def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
                  else _DeltaW.apply(sk, z_prev))
         M_prev, M_out = _DeltaScan.apply(M0, dM, W, n_full)
     z_out = z_after[:, n_full - 1] if n_full > 0 else z0
-    y = kernels.ReadGPU.apply(q, M_prev, z_prev, y_dot, g, EPS) if fused else _ReadAndMix.apply(q, M_prev, z_prev, y_dot, g)
+    y = (kernels.ReadGPU.apply(q, M_prev, z_prev, y_dot, g, EPS).transpose(2, 3) if fused
+         else _ReadAndMix.apply(q, M_prev, z_prev, y_dot, g))
     return y, (M_out, z_out)
 
 # -----------------------------------------------------------------------------

@@ -294,7 +294,9 @@ TRITON_MEMORY_CHECK = """
 import torch
 import kernels
 import model
-kernels.KERNEL_CFG = {k: (16, 4, 1, 2) for k in kernels.KERNEL_CFG}      # 16-row tiles: several tiles and programs a segment
+# 16-row tiles; 16 columns a column-block program (two of them at D = 32), 32 rows a row-chunk one: several tiles
+# a program, several programs a segment, and a last chunk that is cut short
+kernels.KERNEL_CFG = {k: (16, 4, 1, 16 if k in kernels.COLUMN_KERNELS else 32) for k in kernels.KERNEL_CFG}
 def run(fused, update, n_full, shape, mem, g_shape):
     B, S, H, N, D = shape
     torch.manual_seed(0)

@@ -1,0 +1,83 @@
+"""The memory kernels before and after this session's restructuring, in training (bench.py's train mode: the whole
+300m model, compiled, 32,768 tokens a step), all variants built first and then timed in interleaved rounds, so
+that each gets the same chip (clocks drift as it heats). GPU only.
+    git show 89270e6:kernels.py > results/issue12/kernels_before.py
+    python results/issue12/ab_train.py OUT_DIR [T ... | stream]
+"before" = kernels_before.py (the kernels at commit 89270e6) with its ReadGPU handing y over as (B, S, N, H, D), the
+layout model.memory_fast now expects (so the copy of dy that its old layout cost under torch.compile is gone from
+both; that copy is measured in layer mode, layer_h200_v6.json against layer_cols.json)."""
+import json
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", ".."), HERE]
+import bench  # noqa: E402
+import kernels  # noqa: E402
+import kernels_before  # noqa: E402
+import model  # noqa: E402
+
+
+class ReadBefore(torch.autograd.Function):
+    """kernels_before.ReadGPU (the same lines), y as (B, S, N, H, D) in and out."""
+
+    @staticmethod
+    def forward(ctx, q, M, z, y_dot, g, eps):
+        H = q.shape[2]
+        ctx.g_shape, ctx.eps = g.shape, eps
+        Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.expand(1, 1, H, 1, 1).reshape(H).contiguous()
+        ctx.save_for_backward(q, Mc, z, y_dot, g)
+        return kernels_before._read_fwd(q, Mc, z, y_dot, g, eps).transpose(2, 3)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        q, Mc, z, y_dot, g = ctx.saved_tensors
+        dq, dyd, dM, dz, dg = kernels_before._read_bwd(dy.contiguous().transpose(2, 3), q, Mc, z, y_dot, g, ctx.eps)
+        return dq, dM, dz, dyd, dg.sum_to_size(ctx.g_shape), None
+
+
+kernels_before.ReadGPU = ReadBefore
+out_dir = sys.argv[1]
+if sys.argv[2:] == ["stream"]:          # streaming prefill (bench.py --mode=stream), the kernels after, then before
+    args = bench.get_parser().parse_args(["--mode=stream", "--lengths", "32768", "131072", "1048576", f"--out_dir={out_dir}"])
+    for mod in (kernels, kernels_before):
+        model.kernels = mod
+        args.tag = f"h200_{mod.__name__}"
+        bench.stream(args)
+    sys.exit()
+Ts = [int(t) for t in sys.argv[2:]] or [8192]
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+args = bench.get_parser().parse_args(["--mode=train", "--steps=30", "--rounds=5", "--warmup=3"])
+plan = [("local", kernels), ("infini-linear-fast", kernels), ("infini-linear-fast", kernels_before),
+        ("infini-delta-fast", kernels), ("infini-delta-fast", kernels_before)]
+rows = []
+for T in Ts:
+    torch._dynamo.reset()
+    runs = []
+    for variant, mod in plan:
+        model.kernels = mod                      # memory_fast's kernels, read (and guarded on) when it is traced
+        run = bench.train_setup(args, T, *bench.parse_variant(variant), variant)
+        run.update(mod=mod)
+        runs.append(run)
+    per_round = args.steps // args.rounds
+    for _ in range(args.rounds):
+        for run in runs:
+            model.kernels = run["mod"]
+            run["ms"].append(run["time"](per_round))
+    local_ms = None
+    for run in runs:
+        step_ms = sorted(run["ms"])[len(run["ms"]) // 2] / per_round      # the median round
+        local_ms = local_ms or step_ms
+        row = dict(run["row"], variant=run["variant"], kernels=run["mod"].__name__, step_ms=round(step_ms, 2),
+                   tok_s=round(run["row"]["batch"] * T / step_ms * 1e3), x_local=round(local_ms / step_ms, 4),
+                   round_ms=[round(ms / per_round, 2) for ms in run["ms"]])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        bench.write_rows(os.path.join(out_dir, "ab_train.json"), rows)
+    del runs
+    torch.cuda.empty_cache()
+model.kernels = kernels
