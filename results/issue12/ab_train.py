@@ -40,44 +40,54 @@ class ReadBefore(torch.autograd.Function):
 
 
 kernels_before.ReadGPU = ReadBefore
-out_dir = sys.argv[1]
-if sys.argv[2:] == ["stream"]:          # streaming prefill (bench.py --mode=stream), the kernels after, then before
-    args = bench.get_parser().parse_args(["--mode=stream", "--lengths", "32768", "131072", "1048576", f"--out_dir={out_dir}"])
-    for mod in (kernels, kernels_before):
-        model.kernels = mod
-        args.tag = f"h200_{mod.__name__}"
-        bench.stream(args)
-    sys.exit()
-Ts = [int(t) for t in sys.argv[2:]] or [8192]
-torch.backends.cuda.matmul.allow_tf32 = True
-torch.backends.cudnn.allow_tf32 = True
-args = bench.get_parser().parse_args(["--mode=train", "--steps=30", "--rounds=5", "--warmup=3"])
-plan = [("local", kernels), ("infini-linear-fast", kernels), ("infini-linear-fast", kernels_before),
-        ("infini-delta-fast", kernels), ("infini-delta-fast", kernels_before)]
-rows = []
-for T in Ts:
-    torch._dynamo.reset()
-    runs = []
-    for variant, mod in plan:
-        model.kernels = mod                      # memory_fast's kernels, read (and guarded on) when it is traced
-        run = bench.train_setup(args, T, *bench.parse_variant(variant), variant)
-        run.update(mod=mod)
-        runs.append(run)
-    per_round = args.steps // args.rounds
-    for _ in range(args.rounds):
+
+
+def interleaved(plan, Ts, path):
+    """bench.py's train mode for plan = [(variant, the kernels module its memory_fast uses)]: all built first, then
+    timed in 5 interleaved rounds of 6 steps; the rows (x local: against the plan's first variant) go to path."""
+    args = bench.get_parser().parse_args(["--mode=train", "--steps=30", "--rounds=5", "--warmup=3"])
+    rows = []
+    for T in Ts:
+        torch._dynamo.reset()
+        runs = []
+        for variant, mod in plan:
+            model.kernels = mod                  # memory_fast's kernels, read (and guarded on) when it is traced
+            run = bench.train_setup(args, T, *bench.parse_variant(variant), variant)
+            run.update(mod=mod)
+            runs.append(run)
+        per_round = args.steps // args.rounds
+        for _ in range(args.rounds):
+            for run in runs:
+                model.kernels = run["mod"]
+                run["ms"].append(run["time"](per_round))
+        local_ms = None
         for run in runs:
-            model.kernels = run["mod"]
-            run["ms"].append(run["time"](per_round))
-    local_ms = None
-    for run in runs:
-        step_ms = sorted(run["ms"])[len(run["ms"]) // 2] / per_round      # the median round
-        local_ms = local_ms or step_ms
-        row = dict(run["row"], variant=run["variant"], kernels=run["mod"].__name__, step_ms=round(step_ms, 2),
-                   tok_s=round(run["row"]["batch"] * T / step_ms * 1e3), x_local=round(local_ms / step_ms, 4),
-                   round_ms=[round(ms / per_round, 2) for ms in run["ms"]])
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        bench.write_rows(os.path.join(out_dir, "ab_train.json"), rows)
-    del runs
-    torch.cuda.empty_cache()
-model.kernels = kernels
+            step_ms = sorted(run["ms"])[len(run["ms"]) // 2] / per_round      # the median round
+            local_ms = local_ms or step_ms
+            row = dict(run["row"], variant=run["variant"], kernels=run["mod"].__name__, step_ms=round(step_ms, 2),
+                       tok_s=round(run["row"]["batch"] * T / step_ms * 1e3), x_local=round(local_ms / step_ms, 4),
+                       round_ms=[round(ms / per_round, 2) for ms in run["ms"]],
+                       kernel_cfg=getattr(run["mod"], "KERNEL_CFG", None))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            bench.write_rows(path, rows)
+        del runs, run
+        torch.cuda.empty_cache()
+    model.kernels = kernels
+    return rows
+
+
+if __name__ == "__main__":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    out_dir = sys.argv[1]
+    if sys.argv[2:] == ["stream"]:      # streaming prefill (bench.py --mode=stream), the kernels after, then before
+        args = bench.get_parser().parse_args(["--mode=stream", "--lengths", "32768", "131072", "1048576", f"--out_dir={out_dir}"])
+        for mod in (kernels, kernels_before):
+            model.kernels = mod
+            args.tag = f"h200_{mod.__name__}"
+            bench.stream(args)
+        sys.exit()
+    interleaved([("local", kernels), ("infini-linear-fast", kernels), ("infini-linear-fast", kernels_before),
+                 ("infini-delta-fast", kernels), ("infini-delta-fast", kernels_before)],
+                [int(t) for t in sys.argv[2:]] or [8192], os.path.join(out_dir, "ab_train.json"))

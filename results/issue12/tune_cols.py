@@ -1,13 +1,15 @@
 """Third session: the memory kernels restructured (kernels.py: column-block programs for the D x D sums, row-chunk
 programs that load a segment's D x D operands once, the read's dM in a kernel of its own), against the kernels
 before (kernels_before.py = kernels.py at commit 89270e6: `git show 89270e6:kernels.py > kernels_before.py`).
-GPU only.   python results/issue12/tune_cols.py OUT_DIR [budget_s]
+GPU only.   python results/issue12/tune_cols.py OUT_DIR [budget_s] [wide]
 1. every kernel alone (eager, triton.testing.do_bench) on the 300m layer's tensors at T = 8192, batch 4: the
    kernels before at their tuned configuration, the new ones over a grid of configurations (tune_cols.json);
 2. the new kernels against the kernels before on the same inputs (their outputs must agree to bf16 rounding);
 3. one compiled 300m block, forward + backward (bench.py's layer mode), T = 8192: local, and both rules with the
    kernels before and with the new ones at the fastest configuration of step 1 (layer_cols.json); with inductor's
-   code of the new linear variant (code_*.txt), to name the copy kernel that local does not have."""
+   code of the new linear variant (code_*.txt), to name the copy kernel that local does not have.
+"wide": the row-chunk kernels alone over more rows a program and pipeline stages (tune_rows.json), on a second
+instance of kernels.py; then both configurations in training, interleaved (ab_train.py; ab_train_wide.json)."""
 import itertools
 import json
 import os
@@ -28,6 +30,12 @@ from model import EPS  # noqa: E402
 t_start = time.time()
 out_dir = sys.argv[1]
 budget = float(sys.argv[2]) if len(sys.argv) > 2 else 560
+wide = sys.argv[3:] == ["wide"]
+if wide:                                     # the landed configuration stays in `kernels`, for the comparison
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("kernels_wide", os.path.join(HERE, "..", "..", "kernels.py"))
+    new = sys.modules["kernels_wide"] = importlib.util.module_from_spec(spec)   # (dynamo imports it by name)
+    spec.loader.exec_module(new)
 os.makedirs(out_dir, exist_ok=True)
 torch.backends.cuda.matmul.allow_tf32 = True
 B, S, H, N, D = 4, 8, 8, 1024, 128
@@ -49,7 +57,7 @@ rows = [dict(pass_us=round(pass_us, 2))]
 print(json.dumps(rows[0]), flush=True)
 
 
-def save(name="tune_cols.json"):
+def save(name="tune_rows.json" if wide else "tune_cols.json"):
     bench.write_rows(os.path.join(out_dir, name), rows)
 
 
@@ -87,6 +95,8 @@ def read_dm():
 
 cols = list(itertools.product([32, 64], [4, 8], [2, 3], [64, 128]))
 chunks = [(r, w, s, p) for r, w, s, p in itertools.product([32, 64], [4, 8], [1, 2], [64, 128, 256]) if p >= r]
+if wide:
+    chunks = list(itertools.product([32, 64], [4, 8], [1, 2, 3], [128, 256, 512, 1024]))
 jobs = {  # name: (KERNEL_CFG key, the call, passes over a (B, S, H, N, D) bf16 tensor it must make, the grid)
     "write_fwd": ("write_fwd", lambda: new._segment_sums(k, v, EPS), 2, cols),
     "delta_w": ("delta_w", lambda: new._segment_sums(k, None, EPS, z), 1, cols),
@@ -100,6 +110,8 @@ jobs = {  # name: (KERNEL_CFG key, the call, passes over a (B, S, H, N, D) bf16 
     "delta_dz": ("delta_dz", lambda: new._delta_dz(k, gs, z, EPS), 1,
                  list(itertools.product([32, 64], [4, 8], [1], [256, 1024]))),
 }
+if wide:
+    jobs = {n: j for n, j in jobs.items() if n in ("read_fwd", "read_bwd", "write_bwd", "write_bwd_delta")}
 default, best = dict(new.KERNEL_CFG), {}
 for name, (key, fn, passes, grid) in jobs.items():
     for cfg in grid:
@@ -118,6 +130,13 @@ new.KERNEL_CFG = dict(default, **{jobs[n][0]: tuple(best[n]["cfg"]) for n in job
 rows.append(dict(part="chosen", kernel_cfg=new.KERNEL_CFG, seconds=round(time.time() - t_start)))
 print(json.dumps(rows[-1]), flush=True)
 save()
+if wide:
+    import ab_train  # noqa: E402
+    import kernels  # noqa: E402
+    ab_train.interleaved([("local", kernels), ("infini-linear-fast", kernels), ("infini-linear-fast", new),
+                          ("infini-delta-fast", kernels), ("infini-delta-fast", new)], [8192],
+                         os.path.join(out_dir, "ab_train_wide.json"))
+    sys.exit()
 
 # 2. the new kernels against the kernels before, on the same inputs, at the chosen configuration
 err = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
