@@ -11,6 +11,8 @@ Training throughput: synthetic tokens (random, not zeros), forward + backward + 
 step, bf16 autocast, compiled per block (model.compile_model), the same global batch of --tokens
 tokens per step at every T (batch = tokens / T). Warm-up steps (compilation included) are timed
 separately as compile_s and left out of tok_s. MFU = model.flops_per_token(T) x tok/s / peak.
+The variants of one T are all built first and then timed in --rounds interleaved rounds (round_ms in the JSON):
+a GPU's clocks drift as it heats, and a variant timed alone first would get a cooler chip than the next.
 
 Infini variants name the memory path: "infini-linear-plain" (compressive_memory, the spec), "infini-linear-fast"
 (memory_fast, the model's default: its Triton kernels on the GPU) or "infini-linear-torch" (memory_fast with

@@ -339,6 +339,23 @@ def test_triton_memory_only_on_cuda():
     assert not fused_on_gpu(torch.zeros(1, 2, 2, 16, 16, dtype=torch.bfloat16))
 
 
+def test_triton_launch_plan(monkeypatch):
+    # the kernels' grids (kernels._plan): a row-chunk kernel's chunks are whole tiles and cover every row once;
+    # a column-block kernel splits a segment's columns only when there are few segment-heads (streaming at
+    # batch 1), so that the GPU still gets about two programs an SM
+    kernels = pytest.importorskip("kernels")
+    if kernels.triton is None:
+        pytest.skip("no Triton")
+    shape = lambda *s: torch.zeros(1).expand(*s)                       # (only the shape is read)
+    grid, (nc,), kw = kernels._plan("write_fwd", shape(4, 8, 8, 1024, 128), 1e-6)
+    assert (nc, kw["BC"], grid) == (1, 128, (256,))                    # training: whole segments a program
+    grid, (nc,), kw = kernels._plan("write_fwd", shape(1, 8, 8, 1024, 128), 1e-6)
+    assert (nc, kw["BC"], grid) == (4, 32, (256,))                     # streaming: 64 segment-heads
+    monkeypatch.setitem(kernels.KERNEL_CFG, "read_bwd", (32, 4, 1, 100))   # 100 rows -> 4 tiles of 32
+    grid, (per, n), kw = kernels._plan("read_bwd", shape(1, 2, 2, 1000, 64), 1e-6)
+    assert (per, n, grid, kw["BLOCK"]) == (128, 8, (32,), 32)           # 8 chunks of 128 >= 1000 > 7 of them
+
+
 def test_local_matches_reference():
     torch.manual_seed(1)
     attn = Attention(cfg_for(attn="local")).double()

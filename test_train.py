@@ -395,6 +395,15 @@ def test_bench_unknown_variant_one_line():
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown variant 'infini-linear-fasttorch'"), r.stderr
 
 
+def test_bench_rounds_must_divide_steps_one_line():
+    # train mode splits --steps into --rounds interleaved rounds: a count that does not divide them would time
+    # fewer steps than asked, silently
+    for bad in (["--steps", "8", "--rounds", "5"], ["--rounds", "0"]):
+        r = run("bench.py", "--mode=train", *bad)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith("error: --rounds must be at least 1 and divide --steps"), r.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_one_line(shards, tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU; pass --device=cpu"):
