@@ -21,6 +21,7 @@ means plain here. check and stream run plain and fast. In train and layer
 modes a variant that fails (e.g. to compile) is recorded with its error and the run goes on.
 """
 import argparse
+import gc
 import json
 import logging
 import os
@@ -184,6 +185,8 @@ def variant_config(args, attn, update, memory, reset=True):
 def train_setup(args, T, attn, update, memory, variant):
     """One variant at one T, built, compiled and warmed up: its row so far (compile_s, peak memory of its own
     weights, optimizer state and steps), and a function that times n steps (milliseconds)."""
+    gc.collect()                   # a previous T's models, freed only when their reference cycles are collected:
+    torch.cuda.empty_cache()       # else during this warm-up, and this peak would come out below its true value
     base = torch.cuda.memory_allocated()                       # the other variants' models, resident
     torch.cuda.reset_peak_memory_stats()
     cfg = variant_config(args, attn, update, memory, reset=False)
