@@ -339,14 +339,14 @@ def _plan(name, t, eps):
 
 
 def _segment_sums(k, v, eps, z=None):
-    """(sigma(K)^T V, sum sigma(K)) per segment, or, given z_{s-1}, W_s. fp32 (B, S, H, D, D), (B, S, H, D)."""
+    """(sigma(K)^T V, sum sigma(K)) per segment, fp32 (B, S, H, D, D), (B, S, H, D); or, given z_{s-1}, (W_s, None)."""
     B, S, H, N, D = k.shape
     grid, extra, kw = _plan("write_fwd" if z is None else "delta_w", k, eps)
     out, outz = k.new_empty(B, S, H, D, D, dtype=torch.float32), k.new_empty(B, S, H, D, dtype=torch.float32)
     v = k if v is None else v
     _write_fwd_kernel[grid](k, v, outz if z is None else z, out, outz, S, H, N, *extra, *_st(k), *_st(v),
                             DELTA=z is not None, **kw)
-    return out, outz
+    return out, outz if z is None else None                  # (the delta rule's launch writes no sums of sigma(K))
 
 
 def _read_fwd(q, Mc, z, y_dot, g, eps):

@@ -395,6 +395,19 @@ def test_bench_unknown_variant_one_line():
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown variant 'infini-linear-fasttorch'"), r.stderr
 
 
+def test_bench_check_pass_mark():
+    # the GPU check's verdict on the fast path, from the H200's numbers (check_h200_final.json): they pass; an
+    # output 10 % further from float64 than the spec path, a NaN or a gradient off by 1e-2 fail
+    import bench
+    plain = dict(finite=True, rel_err_out=4.61e-3, rel_err_M=3.46e-3)
+    fast = dict(finite=True, rel_err_out=4.59e-3, rel_err_M=3.14e-3,
+                grad_rel_err_vs_plain=dict(x=2.2e-3, wqkv=2.2e-3, wo=1.8e-3, beta=5.8e-4))
+    assert bench.check_passes(fast, plain)
+    assert not bench.check_passes(dict(fast, rel_err_out=5.1e-3), plain)
+    assert not bench.check_passes(dict(fast, finite=False), plain)
+    assert not bench.check_passes(dict(fast, grad_rel_err_vs_plain=dict(x=1e-2)), plain)
+
+
 def test_bench_rounds_must_divide_steps_one_line():
     # train mode splits --steps into --rounds interleaved rounds: a count that does not divide them would time
     # fewer steps than asked, silently

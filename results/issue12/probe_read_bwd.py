@@ -2,7 +2,8 @@
 300m layer's tensors at T = 8192, batch 4. GPU only.   python results/issue12/probe_read_bwd.py OUT_DIR
   rows + dM: the backward split in two: a row-block kernel for dq, dy_dot and the dz, dg partial sums (no D x D
              accumulator), and a per-segment kernel for dM = sigma(Q)^T diag(g / den) dY alone;
-  _T:        the per-segment kernels loading their left operand transposed (D x rows) instead of tl.trans."""
+  _T:        the per-segment kernels loading their left operand transposed (D x rows) instead of tl.trans.
+Written against kernels.py as of commit 89270e6 (it imports that file's _offs and _read_bwd); to re-run it, check that commit out."""
 import itertools
 import json
 import os

@@ -1,7 +1,8 @@
 """Tile rows, warps, pipeline stages and programs a segment for each fused memory kernel (kernels.KERNEL_CFG),
 timed alone (eager, triton.testing.do_bench) on the 300m layer's tensors at T = 8192, batch 4 (the same
 B S = 32 segments as T = 32768 at batch 1), against the bytes each must move. GPU only.
-    python results/issue12/tune_fused.py OUT_DIR"""
+    python results/issue12/tune_fused.py OUT_DIR
+Written against kernels.py as of commit 89270e6 (KERNEL_CFG's last entry was then programs a segment); to re-run it, check that commit out."""
 import itertools
 import json
 import os
