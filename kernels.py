@@ -294,7 +294,7 @@ def fused_on_gpu(q):
 # per kernel: (rows a tile, warps, pipeline stages, columns a program (column-block kernels: at most D) or rows a
 # program (row-chunk kernels: a multiple of the tile)). The fastest alone on the 300m layer's tensors on an H200
 # (results/issue12/tune_cols.json, tune_rows.json): a whole segment's columns per program won for every
-# column-block kernel, and 512-1024 rows for the row-chunk ones.
+# column-block kernel, and 512-1024 rows for the three row-chunk kernels tuned again (not delta_dz).
 KERNEL_CFG = dict(write_fwd=(64, 4, 2, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 512), read_bwd=(32, 4, 3, 1024),
                   read_dm=(32, 8, 3, 128), write_bwd=(64, 4, 2, 512), write_bwd_delta=(64, 8, 3, 1024),
                   delta_dz=(32, 4, 1, 256))
@@ -333,7 +333,7 @@ def _plan(name, t, eps):
         while bc > 32 and B * S * H * (D // bc) < 256:     # few segment-heads (streaming at batch 1): fill the
             bc //= 2                                         # GPU, about two programs an SM of an H100 / H200
         return (B * S * H * (D // bc),), (D // bc,), dict(kw, BC=bc)
-    per = triton.cdiv(per, block) * block
+    per = min(triton.cdiv(per, block), triton.cdiv(N, block)) * block    # whole tiles, no more than a segment
     n = triton.cdiv(N, per)
     return (B * S * H * n,), (per, n), kw
 

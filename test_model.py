@@ -354,6 +354,8 @@ def test_triton_launch_plan(monkeypatch):
     monkeypatch.setitem(kernels.KERNEL_CFG, "read_bwd", (32, 4, 1, 100))   # 100 rows -> 4 tiles of 32
     grid, (per, n), kw = kernels._plan("read_bwd", shape(1, 2, 2, 1000, 64), 1e-6)
     assert (per, n, grid, kw["BLOCK"]) == (128, 8, (32,), 32)           # 8 chunks of 128 >= 1000 > 7 of them
+    grid, (per, n), kw = kernels._plan("read_fwd", shape(1, 2, 2, 100, 64), 1e-6)
+    assert per == 128 and n == 1 and per >= 100 > per - kw["BLOCK"]    # a short segment: no tiles past its end
 
 
 def test_local_matches_reference():
