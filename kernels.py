@@ -135,6 +135,17 @@ if triton is not None:
         return s, s.to(X.dtype.element_ty)
 
     @triton.jit
+    def _delta_terms(sk, z, gs, EPS: tl.constexpr, PREC: tl.constexpr):
+        """Per row n of a tile, the terms of W_s's backward: W_s = sum_n sigma(k_n)^T sigma(k_n) / den_n with
+        den_n = sigma(k_n) z_{s-1}, so dsigma(k_n) = Y_n / den_n + dden_n z_{s-1}, Y = sigma(K) (gW + gW^T) and
+        dden_n = -(Y_n . sigma(k_n)) / (2 den_n^2), none through the floor. (sigma(K) in fp32, Y, den, dden.)"""
+        sf = sk.to(tl.float32)
+        raw = tl.sum(sf * z[None, :], axis=1)
+        den = tl.maximum(raw, EPS)
+        y = tl.dot(sk, gs, input_precision=PREC)
+        return sf, y, den, tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
+
+    @triton.jit
     def _write_fwd_kernel(K, V, Z, OUT, OUTZ, S, H, N, NC, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
                           EPS: tl.constexpr, D: tl.constexpr, BC: tl.constexpr, BLOCK: tl.constexpr,
                           DELTA: tl.constexpr, PREC: tl.constexpr):
@@ -250,14 +261,8 @@ if triton is not None:
             dsk = tl.dot(v, tl.trans(gdm), input_precision=PREC) + gzs[None, :]
             off_o = _offs(i, rn, rd, S, H, o_b, o_s, o_h, o_n)
             tl.store(DV + off_o, tl.dot(sk, gdm, input_precision=PREC).to(DV.dtype.element_ty), mask=rows[:, None])
-            if DELTA:
-                # W_s = sum_n sigma(k_n)^T sigma(k_n) / den_n, den_n = sigma(k_n) z_{s-1}:
-                # dsigma(k_n) = Y_n / den_n - (Y_n . sigma(k_n)) / (2 den_n^2) z_{s-1},  Y = sigma(K) (gW + gW^T)
-                sf = sk.to(tl.float32)
-                raw = tl.sum(sf * z[None, :], axis=1)
-                den = tl.maximum(raw, EPS)
-                y = tl.dot(sk, gs, input_precision=PREC)
-                dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
+            if DELTA:                                # + the gradient through W_s
+                _, y, den, dden = _delta_terms(sk, z, gs, EPS, PREC)
                 dsk += y / den[:, None] + dden[:, None] * z[None, :]
             tl.store(DK + off_o, (dsk * tl.minimum(s32, 1.0)).to(DK.dtype.element_ty), mask=rows[:, None])
 
@@ -272,11 +277,7 @@ if triton is not None:
             rn = n0 + tl.arange(0, BLOCK)
             rows = rn < N
             _, sk = _sigma(K, _offs(i, rn, rd, S, H, k_b, k_s, k_h, k_n), rows)
-            sf = sk.to(tl.float32)
-            raw = tl.sum(sf * z[None, :], axis=1)
-            den = tl.maximum(raw, EPS)
-            y = tl.dot(sk, gs, input_precision=PREC)
-            dden = tl.where(raw >= EPS, -0.5 * tl.sum(y * sf, axis=1) / (den * den), 0.0)
+            sf, _, _, dden = _delta_terms(sk, z, gs, EPS, PREC)
             acc += tl.sum(dden[:, None] * sf, axis=0)
         tl.store(OUT + tl.program_id(0) * D + rd, acc)
 
@@ -350,12 +351,12 @@ def _segment_sums(k, v, eps, z=None):
 
 
 def _read_fwd(q, Mc, z, y_dot, g, eps):
-    """y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot, laid out as wo's input."""
+    """y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot as wo's input lays it out: (B, S, N, H, D), contiguous."""
     B, S, H, N, D = q.shape
     out, y = _like_qkv(y_dot)
     grid, extra, kw = _plan("read_fwd", q, eps)
     _read_fwd_kernel[grid](q, y_dot, out, Mc, z, g, S, H, N, *extra, *_st(q), *_st(y_dot), *_st(y), **kw)
-    return y
+    return out
 
 
 def _read_bwd(dy, q, Mc, z, y_dot, g, eps):
@@ -434,7 +435,7 @@ class ReadGPU(torch.autograd.Function):
         ctx.g_shape, ctx.eps = g.shape, eps
         Mc, z, g = M.to(q.dtype).contiguous(), z.contiguous(), g.expand(1, 1, H, 1, 1).reshape(H).contiguous()
         ctx.save_for_backward(q, Mc, z, y_dot, g)
-        return _read_fwd(q, Mc, z, y_dot, g, eps).transpose(2, 3)
+        return _read_fwd(q, Mc, z, y_dot, g, eps)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -142,7 +142,7 @@ if wide:
 err = lambda a, b: ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 pairs = {"write_fwd": (new._segment_sums(k, v, EPS), old._segment_sums(k, v, EPS)),
          "delta_w": (new._segment_sums(k, None, EPS, z)[:1], old._segment_sums(k, None, EPS, z)[:1]),
-         "read_fwd": ([new._read_fwd(q, Mc, z, y_dot, g, EPS)], [old._read_fwd(q, Mc, z, y_dot, g, EPS)]),
+         "read_fwd": ([new._read_fwd(q, Mc, z, y_dot, g, EPS).transpose(2, 3)], [old._read_fwd(q, Mc, z, y_dot, g, EPS)]),
          "read_bwd": (new._read_bwd(dy, q, Mc, z, y_dot, g, EPS), old._read_bwd(dy, q, Mc, z, y_dot, g, EPS)),
          "write_bwd": (new._write_bwd(k, v, g_dMb, g_zs, gs, z, False, EPS), old._write_bwd(k, v, g_dM, g_zs, gs, z, False, EPS)),
          "write_bwd_delta": (new._write_bwd(k, v, g_dMb, g_zs, gs, z, True, EPS), old._write_bwd(k, v, g_dM, g_zs, gs, z, True, EPS)),
