@@ -158,8 +158,8 @@ def train_throughput(args):
             print(json.dumps(row), flush=True)
             rows.append(row)
             write_rows(path, rows)
-        runs.clear()                     # (they hold their models: later modes measure memory)
-        run = None
+        runs.clear()                     # they hold their models (the loop variable too), and later modes
+        run = None                       # measure memory
         torch.cuda.empty_cache()
     ok = [r for r in rows if "error" not in r]
     # the table, with ratios against full and local attention measured in this same run
