@@ -128,11 +128,24 @@ if triton is not None:
         return b * st_b + s * st_s + h * st_h + rn[:, None] * st_n + rc[None, :]
 
     @triton.jit
+    def _elu1(x, rows):
+        """sigma(x) = ELU + 1 of a raw tile, in fp32; zero rows past N."""
+        x = x.to(tl.float32)
+        return tl.where(rows[:, None], tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+
+    @triton.jit
     def _sigma(X, off, rows):
-        """sigma(x) = ELU + 1 of a tile, in fp32 and rounded to X's dtype (the matmul operand); zero rows past N."""
-        x = tl.load(X + off, mask=rows[:, None], other=0.0).to(tl.float32)
-        s = tl.where(rows[:, None], tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+        """sigma of a tile loaded from X, in fp32 and rounded to X's dtype (the matmul operand)."""
+        s = _elu1(tl.load(X + off, mask=rows[:, None], other=0.0), rows)
         return s, s.to(X.dtype.element_ty)
+
+    @triton.jit
+    def _prefetch(Q, YD, i, n0, end, N, rd, S, H, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, BLOCK: tl.constexpr):
+        """Raw tiles of q and y_dot at rows n0 .. n0 + BLOCK of segment-head i, zero past N or the chunk's end."""
+        rn = n0 + tl.arange(0, BLOCK)
+        ok = ((rn < N) & (rn < end))[:, None]
+        return (tl.load(Q + _offs(i, rn, rd, S, H, q_b, q_s, q_h, q_n), mask=ok, other=0.0),
+                tl.load(YD + _offs(i, rn, rd, S, H, d_b, d_s, d_h, d_n), mask=ok, other=0.0))
 
     @triton.jit
     def _delta_terms(sk, z, gs, EPS: tl.constexpr, PREC: tl.constexpr):
@@ -153,7 +166,9 @@ if triton is not None:
         by the first column block). DELTA: W_s = sigma(K)^T diag(1 / sigma(K) z) sigma(K) instead, V and OUTZ unused."""
         i, cb, rd = tl.program_id(0) // NC, tl.program_id(0) % NC, tl.arange(0, D)
         rc = cb * BC + tl.arange(0, BC)
-        acc, zacc = tl.zeros((D, BC), tl.float32), tl.zeros((D,), tl.float32)
+        # sum sigma(K) as a dot too, against a one-hot column: a tl.sum over a tile's rows would cross warps
+        # through shared memory and a barrier every tile (77 -> 53 us alone: results/issue12/tune_v7.json)
+        acc, zacc = tl.zeros((D, BC), tl.float32), tl.zeros((D, 16), tl.float32)
         if DELTA:
             z = tl.load(Z + i * D + rd)
         for n0 in range(0, N, BLOCK):
@@ -169,12 +184,13 @@ if triton is not None:
                 right = (right.to(tl.float32) / den[:, None]).to(sk.dtype)
             else:
                 right = tl.load(V + _offs(i, rn, rc, S, H, v_b, v_s, v_h, v_n), mask=rows[:, None], other=0.0)
-                zacc += tl.sum(sk.to(tl.float32), axis=0)
+                one = (rows[:, None] & (tl.arange(0, 16)[None, :] == 0)).to(sk.dtype)
+                zacc += tl.dot(tl.trans(sk), one, input_precision=PREC)         # column 0: sum sigma(K)
             acc += tl.dot(tl.trans(sk), right, input_precision=PREC)
         tl.store(OUT + i * D * D + rd[:, None] * D + rc[None, :], acc)
         if not DELTA:
             if cb == 0:
-                tl.store(OUTZ + i * D + rd, zacc)
+                tl.store(OUTZ + i * D + rd, tl.sum(zacc, axis=1))
 
     @triton.jit
     def _read_fwd_kernel(Q, YD, Y, MC, Z, G, S, H, N, PER, NJ, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n,
@@ -184,13 +200,17 @@ if triton is not None:
         i, j, rd = tl.program_id(0) // NJ, tl.program_id(0) % NJ, tl.arange(0, D)
         m = tl.load(MC + i * D * D + rd[:, None] * D + rd[None, :])
         z, g = tl.load(Z + i * D + rd), tl.load(G + i % H)
+        # the next tile's q and y_dot are loaded before this tile's arithmetic, so that their latency overlaps it
+        # (82 -> 78 us alone, at the one pipeline stage that was fastest without it: results/issue12/tune_v7.json)
+        nq, nyd = _prefetch(Q, YD, i, j * PER, j * PER + PER, N, rd, S, H, q_b, q_s, q_h, q_n, d_b, d_s, d_h, d_n, BLOCK)
         for n0 in range(j * PER, j * PER + PER, BLOCK):
             rn = n0 + tl.arange(0, BLOCK)
             rows = rn < N
-            _, sq = _sigma(Q, _offs(i, rn, rd, S, H, q_b, q_s, q_h, q_n), rows)
+            sq, yd = _elu1(nq, rows).to(Q.dtype.element_ty), nyd
+            nq, nyd = _prefetch(Q, YD, i, n0 + BLOCK, j * PER + PER, N, rd, S, H, q_b, q_s, q_h, q_n,
+                                d_b, d_s, d_h, d_n, BLOCK)
             raw = tl.sum(sq.to(tl.float32) * z[None, :], axis=1)                       # sigma(q) z_{s-1}
             a = tl.dot(sq, m, input_precision=PREC)
-            yd = tl.load(YD + _offs(i, rn, rd, S, H, d_b, d_s, d_h, d_n), mask=rows[:, None], other=0.0)
             y = g * a / tl.maximum(raw, EPS)[:, None] + (1.0 - g) * yd.to(tl.float32)
             tl.store(Y + _offs(i, rn, rd, S, H, y_b, y_s, y_h, y_n), y.to(Y.dtype.element_ty), mask=rows[:, None])
 
@@ -294,9 +314,10 @@ def fused_on_gpu(q):
 
 # per kernel: (rows a tile, warps, pipeline stages, columns a program (column-block kernels: at most D) or rows a
 # program (row-chunk kernels: a multiple of the tile)). The fastest alone on the 300m layer's tensors on an H200
-# (results/issue12/tune_cols.json, tune_rows.json): a whole segment's columns per program won for every
-# column-block kernel, and 512-1024 rows for the three row-chunk kernels tuned again (not delta_dz).
-KERNEL_CFG = dict(write_fwd=(64, 4, 2, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 512), read_bwd=(32, 4, 3, 1024),
+# (results/issue12/tune_cols.json, tune_rows.json; write_fwd with its one-hot dot: tune_v7.json): a whole segment's
+# columns per program won for every column-block kernel, and 512-1024 rows for the three row-chunk kernels tuned
+# again (not delta_dz).
+KERNEL_CFG = dict(write_fwd=(32, 4, 3, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 512), read_bwd=(32, 4, 3, 1024),
                   read_dm=(32, 8, 3, 128), write_bwd=(64, 4, 2, 512), write_bwd_delta=(64, 8, 3, 1024),
                   delta_dz=(32, 4, 1, 256))
 

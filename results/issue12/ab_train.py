@@ -3,6 +3,8 @@
 that each gets the same chip (clocks drift as it heats). GPU only.
     git show 89270e6:kernels.py > results/issue12/kernels_before.py
     python results/issue12/ab_train.py OUT_DIR [T ... | stream]
+    python results/issue12/ab_train.py OUT_DIR --before kernels_v6 [T ...]    (another "before": any kernels.py of
+        this layout, e.g. git show 76f5117:kernels.py > results/issue12/kernels_v6.py, the fourth session's A/B)
 "before" = kernels_before.py (the kernels at commit 89270e6) with its ReadGPU handing y over as (B, S, N, H, D), the
 layout model.memory_fast now expects (so the copy of dy that its old layout cost under torch.compile is gone from
 both; that copy is measured in layer mode, layer_h200_v6.json against layer_cols.json)."""
@@ -16,8 +18,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", ".."), HERE]
 import bench  # noqa: E402
 import kernels  # noqa: E402
-import kernels_before  # noqa: E402
 import model  # noqa: E402
+
+BEFORE = sys.argv[sys.argv.index("--before") + 1] if "--before" in sys.argv else "kernels_before"
+kernels_before = __import__(BEFORE)
 
 
 class ReadBefore(torch.autograd.Function):
@@ -39,7 +43,8 @@ class ReadBefore(torch.autograd.Function):
         return dq, dM, dz, dyd, dg.sum_to_size(ctx.g_shape), None
 
 
-kernels_before.ReadGPU = ReadBefore
+if BEFORE == "kernels_before":
+    kernels_before.ReadGPU = ReadBefore
 
 
 def interleaved(plan, Ts, path):
@@ -81,6 +86,9 @@ if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     out_dir = sys.argv[1]
+    if "--before" in sys.argv:
+        i = sys.argv.index("--before")
+        del sys.argv[i:i + 2]
     if sys.argv[2:] == ["stream"]:      # streaming prefill (bench.py --mode=stream), the kernels after, then before
         args = bench.get_parser().parse_args(["--mode=stream", "--lengths", "32768", "131072", "1048576", f"--out_dir={out_dir}"])
         for mod in (kernels, kernels_before):
@@ -90,4 +98,4 @@ if __name__ == "__main__":
         sys.exit()
     interleaved([("local", kernels), ("infini-linear-fast", kernels), ("infini-linear-fast", kernels_before),
                  ("infini-delta-fast", kernels), ("infini-delta-fast", kernels_before)],
-                [int(t) for t in sys.argv[2:]] or [8192], os.path.join(out_dir, "ab_train.json"))
+                [int(t) for t in sys.argv[2:]] or [8192], os.path.join(out_dir, f"ab_train_{BEFORE}.json"))
