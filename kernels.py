@@ -314,11 +314,12 @@ def fused_on_gpu(q):
 
 # per kernel: (rows a tile, warps, pipeline stages, columns a program (column-block kernels: at most D) or rows a
 # program (row-chunk kernels: a multiple of the tile)). The fastest alone on the 300m layer's tensors on an H200
-# (results/issue12/tune_cols.json, tune_rows.json; write_fwd with its one-hot dot: tune_v7.json): a whole segment's
+# (results/issue12/tune_cols.json, tune_rows.json; write_fwd with its one-hot dot: tune_v7.json; write_bwd at 32-row
+# tiles, 127 -> 121 us and no spill: tune_v7_h5.json): a whole segment's
 # columns per program won for every column-block kernel, and 512-1024 rows for the three row-chunk kernels tuned
 # again (not delta_dz).
 KERNEL_CFG = dict(write_fwd=(32, 4, 3, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 512), read_bwd=(32, 4, 3, 1024),
-                  read_dm=(32, 8, 3, 128), write_bwd=(64, 4, 2, 512), write_bwd_delta=(64, 8, 3, 1024),
+                  read_dm=(32, 8, 3, 128), write_bwd=(32, 8, 3, 1024), write_bwd_delta=(64, 8, 3, 1024),
                   delta_dz=(32, 4, 1, 256))
 
 
