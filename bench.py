@@ -429,15 +429,32 @@ def get_parser():
     return p
 
 
-if __name__ == "__main__":
-    args = get_parser().parse_args()
+MODES = ("check", "train", "stream", "layer")
+
+
+def check_args(args):
+    """Every flag mistake as one line, before the GPU is looked for: a typo costs no device time."""
+    modes = args.mode.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"error: unknown --mode {bad[0]!r}: a comma-separated list of {', '.join(MODES)}")
     for v in args.variants:
         parse_variant(v)
-    if "train" in args.mode.split(",") and (args.rounds < 1 or args.steps % args.rounds):
+    if args.profile != "none":
+        try:
+            parse_variant(args.profile)
+        except SystemExit as e:
+            raise SystemExit(f"{e} (--profile, or none)")
+    if "train" in modes and (args.rounds < 1 or args.steps % args.rounds):
         raise SystemExit(f"error: --rounds must be at least 1 and divide --steps ({args.steps}), got {args.rounds}")
-    if "train" in args.mode.split(",") and args.warmup < 1:
+    if "train" in modes and args.warmup < 1:
         raise SystemExit("error: train mode needs --warmup of at least 1 (compilation, and the peak memory is "
                          "measured over those steps)")
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    check_args(args)
     if not torch.cuda.is_available():
         raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
     args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")

@@ -292,6 +292,8 @@ def check_args(args, enc):
     """Every mistake as one line, before the model is loaded or the sweep starts."""
     if not args.random_init and not args.ckpt:
         raise SystemExit("error: give --ckpt PATH, or --random_init for a smoke test")
+    if args.random_init and args.ckpt:
+        raise SystemExit("error: --random_init evaluates a random model, --ckpt a trained one: give one of them")
     if any(not 0 <= d <= 100 for d in args.depths):
         raise SystemExit("error: --depths are percentages in [0, 100]")
     if min(args.samples, args.new_tokens, args.batch_size) <= 0:
@@ -309,9 +311,8 @@ def check_args(args, enc):
             raise SystemExit(f"error: --lengths {L} is too short for the passkey template (at least {need} tokens)")
     from train import check_device
     check_device(args.device)
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        raise SystemExit(f"error: the folder of --out ({folder}) does not exist")
+    from prepare_fineweb import check_out_file
+    check_out_file(args.out)                        # not a folder, and its folder exists
     if os.path.exists(args.out) and not args.overwrite:
         raise SystemExit(f"error: {args.out} exists; pass another --out or --overwrite=1 to replace it")
 

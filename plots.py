@@ -16,6 +16,7 @@ import os
 
 import matplotlib
 matplotlib.use("Agg")   # files only, no display needed (servers, CI)
+import matplotlib.backend_bases
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
@@ -231,11 +232,19 @@ def plot_recall(rows, out, title="recall"):
     save(fig, out)
 
 
+def image_format(out):
+    """The file type savefig writes for out: its extension (png without one), or one line if matplotlib has none."""
+    fmt = os.path.splitext(out)[1][1:].lower() or "png"
+    known = matplotlib.backend_bases.FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise SystemExit(f"error: --out {out}: matplotlib cannot write .{fmt} files (use one of: {', '.join(sorted(known))})")
+    return fmt
+
+
 def save(fig, out):
     # to a temporary name first: Ctrl-C mid-write never leaves a truncated figure under the real name
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     tmp = out + ".tmp"
-    fig.savefig(tmp, dpi=130, format=os.path.splitext(out)[1][1:] or "png")
+    fig.savefig(tmp, dpi=130, format=image_format(out))
     os.replace(tmp, out)
     plt.close(fig)
     print(f"wrote {out}")
@@ -277,10 +286,19 @@ def get_parser():
 
 
 def main(argv=None):
+    from prepare_fineweb import check_out_file
     p = get_parser()
     args = p.parse_args(argv)
+    image_format(args.out)
+    check_out_file(args.out)                       # not a folder, and its folder exists (as in passkey.py)
     if os.path.exists(args.out) and not args.overwrite:
         raise SystemExit(f"error: {args.out} exists; pass another --out or --overwrite=1 to replace it")
+    for flag in ("json", "logs", "log"):           # the input files exist (a --ckpt: load_checkpoint says so)
+        value = getattr(args, flag, None)
+        for path in [value] if isinstance(value, str) else value or []:
+            if not os.path.isfile(path):
+                raise SystemExit(f"error: --{flag} {path} " + ("is a folder, not a file" if os.path.isdir(path)
+                                                               else "does not exist"))
 
     def labels_for(paths):
         if args.labels and len(args.labels) != len(paths):

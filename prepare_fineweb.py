@@ -35,6 +35,16 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keep the docstring's line breaks and show every flag's default in --help (every script uses it)."""
 
 
+def check_out_file(path, flag="--out"):
+    """An output file name, checked before any work (passkey.py, recall.py, plots.py): one line if it names a
+    folder or its folder does not exist. Whether an existing file may be replaced is the script's own rule."""
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise SystemExit(f"error: {flag} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise SystemExit(f"error: the folder of {flag} ({folder}) does not exist")
+
+
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE. r50k_base has the same ranks, regex and <|endoftext|> as "gpt2" and is a
     single cache file, so it is tried first: with TIKTOKEN_CACHE_DIR pointing at a folder holding that
@@ -194,7 +204,7 @@ def tokenize(text):
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
-    p.add_argument("--input", nargs="*", default=None, help="local .parquet/.jsonl/.txt files or globs with a 'text' "
+    p.add_argument("--input", nargs="+", default=None, help="local .parquet/.jsonl/.txt files or globs with a 'text' "
                    "column/field (quote globs); default: stream --dataset from the Hub")
     p.add_argument("--dataset", default="HuggingFaceFW/fineweb", help="Hub dataset (streamed) when no --input")
     p.add_argument("--name", default="sample-10BT", help="Hub dataset config")
@@ -214,6 +224,15 @@ def main(argv=None):
     shard_size, val_tokens, max_tokens = int(args.shard_size), int(args.val_tokens), int(args.max_tokens)
     if shard_size <= 0 or val_tokens <= 0 or max_tokens < 0:
         raise SystemExit("error: --shard_size and --val_tokens must be positive, --max_tokens >= 0")
+    if args.workers < 1:
+        raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
+    new_dirs, d = [], os.path.abspath(args.out_dir)   # the folders this run creates, deepest first
+    while not os.path.exists(d):
+        new_dirs.append(d)
+        d = os.path.dirname(d)
+    if not os.path.isdir(d):
+        raise SystemExit(f"error: --out_dir {args.out_dir} is a file, not a folder" if not new_dirs else
+                         f"error: --out_dir {args.out_dir} cannot be made: {d} is a file, not a folder")
     if max_tokens:
         val_tokens = max(1, min(val_tokens, max_tokens // 10))  # a small run keeps 90% for training
 
@@ -226,7 +245,7 @@ def main(argv=None):
         print(f"validation: the first {val_tokens:,} tokens of {len(files)} inputs read in this order: "
               + ", ".join(os.path.basename(f) for f in files), flush=True)
     texts = local_texts(files) if files else hub_texts(args.dataset, args.name)
-    os.makedirs(args.out_dir, exist_ok=True)   # only now: a run stopped by a bad input leaves no empty folder
+    os.makedirs(args.out_dir, exist_ok=True)   # only now, and undone() if a bad input stops the run
     for f in existing:  # --force: stale higher-numbered shards must not survive next to the new ones
         os.remove(f)
     pool = None
@@ -240,13 +259,25 @@ def main(argv=None):
     from tqdm import tqdm
     total = max_tokens or (None if args.input else HUB_TOKENS)
     bar = tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True)
-    shard, buf, fill, written = 0, np.empty(val_tokens, dtype=np.uint16), 0, 0
+    shard, buf, fill, written, paths = 0, np.empty(val_tokens, dtype=np.uint16), 0, 0, []
 
     def flush():
         nonlocal shard, buf, fill
         split = "val" if shard == 0 else "train"
-        write_shard(os.path.join(args.out_dir, f"{args.prefix}_{split}_{shard:06d}.bin"), buf[:fill])
+        paths.append(os.path.join(args.out_dir, f"{args.prefix}_{split}_{shard:06d}.bin"))
+        write_shard(paths[-1], buf[:fill])
         shard, buf, fill = shard + 1, np.empty(shard_size, dtype=np.uint16), 0
+
+    def undone(msg):
+        """A failed run removes what it created, and only that: its shards, then the folders it made."""
+        for f in paths:
+            os.remove(f)
+        for d in new_dirs:
+            try:
+                os.rmdir(d)
+            except OSError:    # not empty: someone else's files arrived meanwhile
+                break
+        return SystemExit(msg)
 
     try:
         for toks in docs:
@@ -264,7 +295,7 @@ def main(argv=None):
         if fill:
             flush()
     except ValueError as e:  # bad document content, from local_texts
-        raise SystemExit(f"error: {e}")
+        raise undone(f"error: {e}")
     except KeyboardInterrupt:
         raise SystemExit(f"interrupted: {shard} complete shard(s) in {args.out_dir}")
     finally:
@@ -272,7 +303,7 @@ def main(argv=None):
         if pool is not None:
             pool.terminate()
     if written == 0:
-        raise SystemExit(f"error: the input holds no text (0 tokens); nothing written to {args.out_dir}")
+        raise undone(f"error: the input holds no text (0 tokens); nothing written to {args.out_dir}")
     if shard < 2:
         print(f"warning: only {written:,} tokens: no training shard (lower --val_tokens)", file=sys.stderr)
     print(f"wrote {shard} shard(s), {written:,} tokens, to {args.out_dir}")

@@ -12,15 +12,15 @@ everything; Infini-attention sees the earlier segments only through its compress
 
     python recall.py --attn=infini --update=delta --segments=16 --curriculum=2,4,8   # 1-5 min on an H100, 4-6 runs sharing it
     python recall.py --attn=local --segments=16                                     # the baseline: chance
-    python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --n_head=2 --n_values=16 --steps=250 --lr=3e-3
+    python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --n_head=2 --n_values=16 --steps=250 --lr=3e-3 --out=out/recall_cpu.json
                                                       # CPU, ~30 s on 2 cores: one boundary (test_recall.py)
 
 --curriculum=2,4,8 trains on 2, then 4, then 8 segments, then --segments, each for an equal share of
 --steps, with proportionally more sequences per step (the same tokens, more answers). Training straight on
 16 segments leaves the memory unused: see the README. The model is
 model.py's, unchanged, built from the flags; the training loop is train.py's (logging, compile,
-resume, checkpoints in --out_dir). Each run appends one row to --out (default
-results/recall_<device>.json):
+resume, checkpoints in --out_dir). Each run appends one row to --out (default out/recall_<device>.json;
+the committed results/recall_*.json were written with --out, by results/recall_sweep.sh):
   {"attn", "update", "gate", "segments", "segment", "head_dim", "n_pairs", "curriculum", "steps",
    "acc", "acc_by_distance", "chance", ...}
 acc_by_distance[d] is the accuracy on pairs written d+1 segments before the query segment.
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import train
-from prepare_fineweb import HelpFormatter
+from prepare_fineweb import HelpFormatter, check_out_file
 from model import Llama, make_config
 
 # -----------------------------------------------------------------------------
@@ -138,7 +138,7 @@ def get_parser():
     a("--resume", type=int, default=0, choices=(0, 1), help="1 = continue from out_dir/ckpt.pt")
     a("--log_every", type=int, default=100, help="steps between log rows")
     a("--eval_rows", type=int, default=512, help="fixed evaluation sequences")
-    a("--out", default=None, help="JSON list the result row is appended to (default results/recall_<device>.json)")
+    a("--out", default=None, help="JSON list the result row is appended to (default out/recall_<device>.json)")
     a("--name", default=None, help="a label for this row in plots (default: derived from the flags)")
     return p
 
@@ -156,19 +156,36 @@ def check_args(args):
                          f"--segment/2 ({args.segment // 2}) queries in the last segment, and the slots of "
                          f"{smallest - 1} earlier segment(s)")
     train.check_device(args.device)
+    if args.out is None:       # out/ is the scratch folder (git-ignored), made when the row is written
+        args.out = os.path.join("out", f"recall_{device_name(args.device)}.json")
+    else:
+        check_out_file(args.out)                   # not a folder, and its folder exists (as in passkey.py)
+    read_rows(args.out)                            # an existing --out must take the row: said now, not after training
+
+
+def device_name(device):
+    """The row's device: "cpu", or the GPU's short name (h100, ...)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    return next((k.lower() for k in train.PEAK_FLOPS if k in torch.cuda.get_device_name()), "gpu")
+
+
+def read_rows(path):
+    """The JSON list of rows at path ([] if there is no such file), or one line saying it is not one."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+        assert isinstance(rows, list)
+    except (OSError, ValueError, AssertionError):
+        raise SystemExit(f"error: {path} exists but is not a JSON list of recall rows; pass another --out")
+    return rows
 
 
 def append_row(path, row):
     """Add row to the JSON list at path (created if missing), atomically: earlier rows are never lost."""
-    rows = []
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                rows = json.load(f)
-            assert isinstance(rows, list)
-        except (OSError, ValueError, AssertionError):
-            raise SystemExit(f"error: {path} exists but is not a JSON list of recall rows; pass another --out")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    rows = read_rows(path)     # read again: another run may have appended since check_args
     with open(path + ".tmp", "w") as f:
         json.dump(rows + [row], f, indent=1)
     os.replace(path + ".tmp", path)
@@ -177,9 +194,6 @@ def append_row(path, row):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     check_args(args)
-    device_name = (next((k.lower() for k in train.PEAK_FLOPS if k in torch.cuda.get_device_name()), "gpu")
-                   if args.device.startswith("cuda") else "cpu")
-    out = args.out or os.path.join("results", f"recall_{device_name}.json")
     _, _, _, vocab_size = vocab(args)
     cfg = train.build_config("tiny", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
                              ffn_hidden=4 * args.n_embd, vocab_size=vocab_size, segment=args.segment,
@@ -215,10 +229,11 @@ def main(argv=None):
                head_dim=cfg.head_dim, n_pairs=args.n_pairs, curriculum=curriculum, steps=args.steps, acc=acc,
                acc_by_distance=by_d, chance=1.0 / args.n_values, n_layer=args.n_layer, n_embd=args.n_embd,
                lr=args.lr, batch_size=args.batch_size, seed=args.seed, seconds=round(time.time() - t0, 1),
-               gates=model.gates().tolist() if model.gates() is not None else None, device=device_name)
-    append_row(out, row)
+               gates=model.gates().tolist() if model.gates() is not None else None, device=device_name(args.device))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)   # (only the default's out/ can be missing)
+    append_row(args.out, row)
     print(f"{name}: acc {acc:.3f} (chance {1 / args.n_values:.3f}) by distance "
-          + " ".join("-" if a is None else f"{a:.2f}" for a in by_d) + f" | appended to {out}")
+          + " ".join("-" if a is None else f"{a:.2f}" for a in by_d) + f" | appended to {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import bench
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -23,6 +25,19 @@ def test_bench_unknown_variant_one_line():
     r = run("--mode=train", "--variants", "local", "infini-linear-fasttorch")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown variant 'infini-linear-fasttorch'"), r.stderr
+
+
+def test_bench_flag_errors_before_the_gpu_check():
+    # a bad flag is reported as such, not as "no GPU" on a CPU machine (nor as a KeyError on a GPU one)
+    r = run("--mode=foo")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: unknown --mode 'foo'"), r.stderr
+    for argv, expect in [(["--mode=train,"], "unknown --mode ''"), (["--profile=infini-foo"], "(--profile, or none)"),
+                         (["--variants", "loc"], "unknown variant 'loc'")]:
+        with pytest.raises(SystemExit) as e:
+            bench.check_args(bench.get_parser().parse_args(argv))
+        assert str(e.value).startswith("error:") and expect in str(e.value), (argv, e.value)
+    bench.check_args(bench.get_parser().parse_args(["--mode=check,stream", "--profile=none"]))   # good flags pass
 
 
 def test_bench_train_mode_survives_every_variant_failing(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for passkey.py and plots.py. CPU only, no network. Run: python -m pytest -q test_eval.py
+"""Tests for passkey.py and plots.py, and prepare_fineweb.py's checks of its flags and clean-up after a bad input
+(its other tests are in test_train.py). CPU only, no network. Run: python -m pytest -q test_eval.py
 
 The GPT-2 tokenizer is read offline from $INFINI_SHARED/data/tiktoken_cache (default ../shared);
 tests that need it are skipped, saying so, when that file is missing.
@@ -286,6 +287,8 @@ def test_passkey_cli_needs_a_model():
     (["--out", "{tmp}/missing/pk.json"], "missing) does not exist"),
     (["--device", "cuda"], "no CUDA GPU"),
     (["--out", "{tmp}/exists.json"], "exists; pass another --out or --overwrite=1"),
+    (["--out", "{tmp}", "--overwrite=1"], "is a folder; give a file name"),
+    (["--ckpt", "{tmp}/ckpt.pt"], "--random_init evaluates a random model, --ckpt a trained one: give one of them"),
 ])
 def test_passkey_bad_input_one_line(enc, tmp_path, monkeypatch, extra, expect):
     if "cuda" in extra and torch.cuda.is_available():
@@ -298,6 +301,7 @@ def test_passkey_bad_input_one_line(enc, tmp_path, monkeypatch, extra, expect):
         passkey.main(argv)
     msg = str(e.value)
     assert msg.startswith("error:") and "\n" not in msg and expect in msg, msg
+    assert not os.path.exists(f"{tmp_path}.tmp")                  # (an --out that is a folder once left one)
 
 # -----------------------------------------------------------------------------
 # plots
@@ -401,3 +405,92 @@ def test_plots_unreadable_inputs_fail_in_one_line(tmp_path):
         msg = str(e.value)
         assert msg.startswith("error:") and "\n" not in msg
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plots_bad_out_and_missing_inputs_one_line(tmp_path):
+    import plots
+    log = tmp_path / "log.jsonl"
+    write_log(log)
+    for out, expect in [("g7.txt", "matplotlib cannot write .txt files"), ("", "is a folder; give a file name"),
+                        ("nodir/g.png", f"the folder of --out ({tmp_path / 'nodir'}) does not exist")]:
+        with pytest.raises(SystemExit) as e:
+            plots.main(["gate_trend", "--log", str(log), "--out", str(tmp_path / out), "--overwrite=1"])
+        msg = str(e.value)
+        assert msg.startswith("error:") and "\n" not in msg and expect in msg, msg
+    missing = str(tmp_path / "missing.json")
+    for cmd in (["passkey", "--json"], ["recall", "--json"], ["streaming", "--json"], ["loss", "--logs"],
+                ["gate_trend", "--log"], ["gates", "--log"]):
+        with pytest.raises(SystemExit) as e:
+            plots.main(cmd + [missing, "--out", str(tmp_path / "x.png")])
+        assert str(e.value) == f"error: {cmd[1]} {missing} does not exist", str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # no figure, no .tmp, no folder
+
+# -----------------------------------------------------------------------------
+# prepare_fineweb.py: flags, and what a run stopped by a bad input leaves (nothing of its own)
+
+def test_prepare_bad_flags_one_line(tmp_path, monkeypatch, capsys):
+    import prepare_fineweb
+    monkeypatch.setattr(prepare_fineweb, "hub_texts", lambda *a: pytest.fail("fell back to the Hugging Face Hub"))
+    src, file = tmp_path / "a.txt", tmp_path / "notes.md"
+    src.write_text("some text")
+    file.write_text("a file")
+    good = ["--input", str(src), "--out_dir", str(tmp_path / "o")]
+    for extra, expect in [(["--out_dir", str(file)], f"--out_dir {file} is a file, not a folder"),
+                          (["--out_dir", str(file / "x")], f"cannot be made: {file} is a file"),
+                          (["--workers=0"], "--workers must be at least 1, got 0"),
+                          (["--workers=-2"], "--workers must be at least 1, got -2")]:
+        with pytest.raises(SystemExit) as e:
+            prepare_fineweb.main(good + extra)
+        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), e.value
+    with pytest.raises(SystemExit) as e:                        # --input with no value: refused, not the Hub
+        prepare_fineweb.main(["--input", "--out_dir", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--input: expected at least one argument" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "notes.md"]
+
+
+def test_prepare_bad_input_removes_what_it_created(enc, tmp_path, monkeypatch):
+    import prepare_fineweb
+    written = []
+    real = prepare_fineweb.write_shard
+    monkeypatch.setattr(prepare_fineweb, "write_shard", lambda path, toks: written.append(path) or real(path, toks))
+    bad_jsonl, bad_parquet, empty = tmp_path / "bad.jsonl", tmp_path / "bad.parquet", tmp_path / "empty.jsonl"
+    bad_jsonl.write_text('{"text": "hello world"}\n{"text": "more words"}\n{"body": "no text field"}\n')
+    bad_parquet.write_bytes(b"not a parquet file")
+    empty.write_text("")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("someone else's")
+    for src, out_dir, workers, expect in [(bad_jsonl, tmp_path / "new" / "deep", 1, "line 3 is not a JSON object"),
+                                          (bad_jsonl, theirs, 1, "line 3 is not a JSON object"),
+                                          (bad_parquet, tmp_path / "new", 2, "is not a readable parquet file"),
+                                          (empty, tmp_path / "new", 1, "holds no text")]:
+        written.clear()
+        with pytest.raises(SystemExit, match=expect):
+            prepare_fineweb.main(["--input", str(src), "--out_dir", str(out_dir), "--val_tokens=2",
+                                  f"--workers={workers}"])
+        assert written or src != bad_jsonl                      # (the validation shard was written before the error)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "bad.parquet", "empty.jsonl", "theirs"]
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+
+
+def test_readme_commands_parse():
+    # every `python X.py ...` line of the README's bash blocks is a command its script's parser accepts (a renamed
+    # or removed flag fails here, not in a newcomer's first hour); parsing only, nothing runs
+    import importlib
+    import shlex
+    readme = open(os.path.join(REPO, "README.md")).read()
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            toks = shlex.split(line, comments=True)
+            script = next((i for i, t in enumerate(toks) if t.endswith(".py")), None)
+            if toks and toks[0] in ("python", "torchrun") and script is not None:
+                cmds.append((toks[script], toks[script + 1:]))
+    scripts = {s for s, _ in cmds}
+    assert {"prepare_fineweb.py", "train.py", "finetune.py", "recall.py", "passkey.py", "plots.py"} <= scripts
+    for script, argv in cmds:
+        parser = importlib.import_module(script[:-3]).get_parser()
+        try:
+            parser.parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"README: {script} {' '.join(argv)} does not parse") from e

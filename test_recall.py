@@ -6,6 +6,7 @@ carries a key->value pair across a segment boundary, where local attention canno
 import json
 
 import numpy as np
+import pytest
 import torch
 
 import recall
@@ -70,3 +71,30 @@ def test_bad_input_one_line():
         r = subprocess.run([sys.executable, os.path.join(repo, "recall.py"), "--device=cpu", *flags], cwd=repo,
                            capture_output=True, text=True, timeout=60, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert r.returncode != 0 and "Traceback" not in r.stderr and expect in r.stderr, (flags, r.stderr)
+
+
+def test_bad_out_refused_before_training(tmp_path, monkeypatch):
+    # a bad --out is said before the training, not after it; a missing folder is refused as passkey.py does
+    monkeypatch.setattr(recall.train, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    (tmp_path / "notes.md").write_text("# not JSON")
+    flags = ["--device=cpu", "--segments=2", "--segment=16", "--n_embd=64", "--n_head=2", "--steps=2",
+             f"--out_dir={tmp_path / 'run'}"]
+    for out, expect in [("notes.md", "notes.md exists but is not a JSON list of recall rows"),
+                        ("nodir/r.json", f"the folder of --out ({tmp_path / 'nodir'}) does not exist"),
+                        ("", "is a folder; give a file name")]:
+        with pytest.raises(SystemExit) as e:
+            recall.main(flags + [f"--out={tmp_path / out}"])
+        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), e.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]      # nothing made, nothing left
+
+
+def test_cpu_example_and_default_write_under_out():
+    # results/ holds the committed measurements: neither the help's CPU line nor the default writes there
+    import os
+    line = next(l.strip() for l in recall.__doc__.splitlines() if l.strip().startswith("python recall.py --device=cpu"))
+    assert "--out=out/" in line, line
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+    assert line in open(readme).read()                                     # the README's CPU line is the same
+    args = recall.get_parser().parse_args(["--device=cpu"])
+    recall.check_args(args)
+    assert args.out == os.path.join("out", "recall_cpu.json")
