@@ -295,4 +295,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside train.train's handler: loading the checkpoint, building the model
+        raise SystemExit("stopped by SIGINT outside the training loop: nothing new to save")

@@ -326,6 +326,140 @@ def test_sigterm_checkpoints_then_resume_is_exact(shards, tmp_path):
     assert losses(out) == losses(ref) and len(losses(ref)) == k + 3
 
 
+@pytest.fixture(scope="module")
+def slow_val(tmp_path_factory):
+    """Shards whose validation (500K tokens: ~20 s for the tiny model on one thread) outlasts any signal test."""
+    d = tmp_path_factory.mktemp("slow_val")
+    rng = np.random.default_rng(0)
+    write_shard(str(d / "syn_val_000000.bin"), rng.integers(0, VOCAB, 500_000))
+    write_shard(str(d / "syn_train_000001.bin"), rng.integers(0, VOCAB, 5_000))
+    return str(d), ("--eval_tokens=500000", "--warmup=0")
+
+
+def start_train(args):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), *args], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_rows(out, key, deadline=60):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            if rows(out, key):
+                return
+        except (OSError, ValueError):  # not there yet, or a half-written row
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no {key!r} row in {out} within {deadline} s")
+
+
+def test_signal_before_the_first_step_exits_at_once(slow_val, tmp_path):
+    """A SIGTERM during the step-0 validation used to wait for it and the first step (>10 minutes on a CPU):
+    with nothing new to save, it exits at once, one line, no checkpoint."""
+    data, slow = slow_val
+    out = str(tmp_path / "o")
+    p = start_train(tiny_args(data, out, *slow, "--eval_every=1000"))
+    wait_for_rows(out, "config")  # the header row: the evaluation of step 0 comes next
+    t = time.time()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert time.time() - t < 10 and p.returncode != 0, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert "stopped by SIGTERM before step 0 completed: nothing new to save; no checkpoint was written" in err, err
+    assert not os.path.exists(os.path.join(out, "ckpt.pt"))
+
+
+def test_second_signal_exits_at_once(slow_val, tmp_path):
+    """After a step, the first signal waits for the checkpoint (here: the final validation first); a second
+    one exits at once with one line (it used to raise KeyboardInterrupt with a traceback)."""
+    data, slow = slow_val
+    out = str(tmp_path / "o")
+    p = start_train(tiny_args(data, out, *slow, "--steps=1"))
+    wait_for_rows(out, "loss")  # step 0 is done: the final validation runs
+    p.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert p.poll() is None  # deferred
+    t = time.time()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert time.time() - t < 10 and p.returncode != 0, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    assert "stopped by SIGINT, a second signal, during step 1: exiting without saving" in err, err
+
+
+def test_resume_refuses_changed_flags(shards, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    train.main(tiny_args(shards, out, "--halt_at=3"))
+    log = open(os.path.join(out, "log.jsonl")).read()
+    for extra, expect in [(["--lr=1e-2", "--steps=8"], "--lr=0.01 (saved: 0.003), --steps=8 (saved: 6)"),
+                          (["--seed=1", "--grad_accum=1"], "--grad_accum=1 (saved: 2), --seed=1 (saved: 1337)"),
+                          (["--overwrite=1"], "--resume=1 continues the run in --out_dir, --overwrite=1 replaces it")]:
+        with pytest.raises(SystemExit) as e:
+            train.main(tiny_args(shards, out, "--resume=1", *extra))
+        assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert open(os.path.join(out, "log.jsonl")).read() == log  # nothing touched
+    # operational flags may change; a finished run says so and touches nothing
+    train.main(tiny_args(shards, out, "--resume=1", "--log_every=2", "--ckpt_every=4", "--halt_at=5"))
+    train.main(tiny_args(shards, out, "--resume=1"))
+    log = open(os.path.join(out, "log.jsonl")).read()
+    capsys.readouterr()
+    train.main(tiny_args(shards, out, "--resume=1"))
+    assert "ckpt.pt is at step 6 of --steps=6: the run is finished, nothing to do" in capsys.readouterr().out
+    assert open(os.path.join(out, "log.jsonl")).read() == log
+
+
+def test_resume_keeps_the_log_rows_it_does_not_redo(shards, tmp_path):
+    """A resume at step 3 with another --eval_every used to drop the validation row of step 3 for good."""
+    out = str(tmp_path / "o")
+    train.main(tiny_args(shards, out, "--eval_every=3", "--halt_at=3"))
+    train.main(tiny_args(shards, out, "--resume=1"))  # --eval_every=0: no evaluation at step 3 this time
+    assert [r["step"] for r in rows(out, "val_loss")] == [0, 3, 6]
+    assert [r["step"] for r in rows(out)] == list(range(6))
+    # a resume that does evaluate at step 3 replaces the row instead of adding a second one
+    again = str(tmp_path / "again")
+    train.main(tiny_args(shards, again, "--eval_every=3", "--halt_at=3"))
+    train.main(tiny_args(shards, again, "--eval_every=3", "--resume=1"))
+    assert [r["step"] for r in rows(again, "val_loss")] == [0, 3, 6]
+    assert rows(again, "val_loss")[-1]["val_loss"] == rows(out, "val_loss")[-1]["val_loss"]
+
+
+def test_bad_out_dir_device_and_eval_tokens_one_line(shards, pretrained, tmp_path):
+    import finetune
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(["--out_dir=" + str(afile)], "afile is a file, not a folder"),
+             (["--device=gpu"], "--device=gpu is not a device name; pass cuda, cuda:N or cpu"),
+             (["--device=cuda:x"], "--device=cuda:x is not a device name"),
+             (["--eval_tokens=0"], "--eval_tokens must be positive, got 0")]
+    for extra, expect in cases + [(["--eval_tokens=10"], "--eval_tokens (10) must be at least --seq_len (64)")]:
+        with pytest.raises(SystemExit) as e:
+            train.main(tiny_args(shards, str(tmp_path / "o"), *extra))
+        assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+    for extra, expect in cases:
+        with pytest.raises(SystemExit) as e:
+            finetune.main(ft_args(pretrained[0], str(tmp_path / "f"), *extra))
+        assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+    os.makedirs(tmp_path / "small")  # a val shard too short is named, with its size, before anything runs
+    write_shard(str(tmp_path / "small" / "syn_val_000000.bin"), np.arange(10))
+    write_shard(str(tmp_path / "small" / "syn_train_000001.bin"), np.arange(1000) % VOCAB)
+    with pytest.raises(SystemExit, match=r"syn_val_000000.bin holds 10 tokens, fewer than --seq_len\+1 \(65\)"):
+        train.TokenData(str(tmp_path / "small"), 64, seed=0)
+
+
+def test_checkpoint_folder(pretrained, tmp_path):
+    """--init=out/laptop (a folder) said 'checkpoint out/laptop does not exist': its ckpt.pt is used; a folder
+    without one is named as such (train.load_checkpoint serves finetune.py, passkey.py and plots.py)."""
+    import finetune
+    folder = os.path.dirname(pretrained[0])
+    assert train.load_checkpoint(folder)["step"] == train.load_checkpoint(pretrained[0])["step"] == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="empty is a folder without a ckpt.pt"):
+        train.load_checkpoint(str(empty))
+    with pytest.raises(SystemExit, match="empty is a folder without a ckpt.pt"):
+        finetune.main(ft_args(str(empty), str(tmp_path / "f")))
+
+
 def test_laptop_line_is_the_same_in_readme_and_help():
     """One CPU line, in train.py's --help and in the README, with flags that learn in a few minutes on
     2 cores (warmup within the run, an LR for the tiny model, a small evaluation)."""

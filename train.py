@@ -10,12 +10,14 @@ Several GPUs of one node: the same global batch, --grad_accum is split across th
 The baselines. P1 trained its baseline at lr 1.2e-4 (at 6e-5 it failed to train), so pass it:
     python train.py --attn=local --lr=1.2e-4 --min_lr=1.2e-5 --out_dir=out/local
     python train.py --attn=full  --lr=1.2e-4 --min_lr=1.2e-5 --out_dir=out/full
-On a laptop (CPU; 2-4 minutes on 2 cores; validation loss 10.84 -> ~7 on the Wikipedia + Gutenberg shards):
+On a laptop (CPU; 2-4 minutes on 2 cores; validation loss 10.83 -> ~8.2 on the Wikipedia + Gutenberg shards):
     python train.py --model=tiny --device=cpu --seq_len=256 --segment=64 --batch_size=2 --steps=200 --lr=3e-3 --min_lr=3e-4 --warmup=20 --eval_tokens=16384 --data_dir=data/local --out_dir=out/laptop
 Resume after a crash or a job time limit: the same command plus --resume=1 (exact: the data order is a
-function of (seed, step)). --halt_at=N stops cleanly after N steps, to split a run across jobs. Ctrl-C or
-SIGTERM (job schedulers send it before they kill) finishes the current step, saves a checkpoint and exits
-non-zero; --resume=1 then continues exactly. An out_dir that holds a checkpoint is never overwritten
+function of (seed, step)); it refuses flags that define the run (RESUME_MAY_CHANGE lists the others).
+--halt_at=N stops cleanly after N steps, to split a run across jobs. Ctrl-C or SIGTERM (job schedulers send
+it before they kill) finishes the current step, saves a checkpoint and exits non-zero; --resume=1 then
+continues exactly. Before the first step is done (the first evaluation, say) it exits at once, with nothing
+new to save, and so does a second signal. An out_dir that holds a checkpoint is never overwritten
 without --resume=1 or --overwrite=1.
 
 Batch arithmetic: one optimizer step sees batch_size * grad_accum sequences of seq_len tokens (study:
@@ -54,17 +56,26 @@ from prepare_fineweb import HelpFormatter, find_shards, load_shard
 def save_checkpoint(path, state):
     """Atomic: write path.tmp, fsync, rename. A crash mid-write never leaves a half file at path."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, or a second Ctrl-C mid-write: the checkpoint at path is untouched
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict, or SystemExit with one line naming the file if it is missing or corrupt.
     Format: {"model": state_dict of an uncompiled Llama, "config": dataclasses.asdict(LlamaConfig),
-    "optimizer", "step" (optimizer steps done), "args", "rng"}."""
+    "optimizer", "step" (optimizer steps done), "args", "rng"}. A folder (an out_dir) means its ckpt.pt."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "ckpt.pt")):
+            raise SystemExit(f"error: {path} is a folder without a ckpt.pt; pass a checkpoint file or a train.py/finetune.py out_dir")
+        path = os.path.join(path, "ckpt.pt")
     if not os.path.isfile(path):
         raise SystemExit(f"error: checkpoint {path} does not exist")
     try:
@@ -146,22 +157,55 @@ def check_args(args):
         raise SystemExit(f"error: --dtype must be bfloat16 or float32, got {args.dtype!r}")
     if not 0 < args.min_lr <= args.lr:
         raise SystemExit(f"error: --min_lr ({args.min_lr}) must be in (0, --lr ({args.lr})]")
+    if args.eval_tokens <= 0:
+        raise SystemExit(f"error: --eval_tokens must be positive, got {args.eval_tokens}")
     check_device(args.device)
+    check_out_dir(args)
 
 
 def check_device(device):
-    """One line instead of a CUDA traceback deep inside the first .to(device) (every script calls this)."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    """One line instead of a traceback deep inside the first .to(device) (every script calls this): a name
+    torch cannot parse (--device=gpu), CUDA without a GPU, a GPU index that is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"error: --device={device} is not a device name; pass cuda, cuda:N or cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"error: --device={device} but this torch sees no CUDA GPU; pass --device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device={device} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
 def check_out_dir(args):
     """Refuse to start over in an out_dir that holds a checkpoint: that would truncate its log and overwrite
-    the checkpoint. Called by train() for train.py and finetune.py alike."""
+    the checkpoint. Called by check_args and by train() for train.py, finetune.py and recall.py alike."""
     path = os.path.join(args.out_dir, "ckpt.pt")
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise SystemExit(f"error: --out_dir={args.out_dir} is a file, not a folder; pass another --out_dir")
+    if args.resume and getattr(args, "overwrite", 0):
+        raise SystemExit("error: --resume=1 continues the run in --out_dir, --overwrite=1 replaces it: pass one of them")
     if not args.resume and not getattr(args, "overwrite", 0) and os.path.exists(path):
         raise SystemExit(f"error: {path} exists; pass --resume=1 to continue it, another --out_dir, "
                          "or --overwrite=1 to start over (its log and checkpoint are then replaced)")
+
+
+# The flags that may change on --resume=1: where the run writes, how often it reports, evaluates and saves,
+# when this job halts, and how it executes (device, autocast dtype, compile, the memory's code path).
+# Every other flag defines the run (model and config, data, --seq_len/--segment/--batch_size/--grad_accum,
+# optimizer and schedule, --steps, --eval_tokens, --seed, finetune.py's sample and --init flags, recall.py's
+# task flags): changed, the run would not "continue exactly", so a resume refuses it (resume_diff).
+# recall.py's --out and --name only say where its result row goes.
+RESUME_MAY_CHANGE = {"out_dir", "resume", "overwrite", "halt_at", "log_every", "eval_every", "ckpt_every",
+                     "device", "dtype", "compile", "fast_memory", "out", "name"}
+
+
+def resume_diff(saved, args):
+    """'--flag=new (saved: old)' for each run-defining flag that differs from a checkpoint's saved args. Not
+    compared: a flag the checkpoint does not know (added since), or one left at None (finetune.py: --init and
+    the model flags, which then come from the checkpoint)."""
+    new = vars(args)
+    return ", ".join(f"--{k}={new[k]} (saved: {saved[k]})" for k in sorted(set(saved) & set(new))
+                     if k not in RESUME_MAY_CHANGE and new[k] is not None and new[k] != saved[k])
 
 
 def config_diff(saved, cfg):
@@ -235,6 +279,8 @@ class TokenData:
         self.n = int(self.cum[-1])
         if self.n == 0:
             raise SystemExit(f"error: the train shards in {data_dir} hold fewer than --seq_len+1 ({seq_len + 1}) tokens")
+        if len(self.val) < seq_len + 1:  # here, not at the first evaluation
+            raise SystemExit(f"error: the val shard {val[0]} holds {len(self.val)} tokens, fewer than --seq_len+1 ({seq_len + 1})")
         self._perm = (None, None)
 
     def check_vocab(self, vocab_size):
@@ -269,9 +315,7 @@ class TokenData:
     def val_batches(self, eval_tokens, batch_size, rank, world):
         """This rank's share of the fixed validation set: the first eval_tokens tokens of the val shard.
         The count is rounded down to whole batches on every rank, so compiled blocks never see a new shape."""
-        n = min(eval_tokens, len(self.val) - 1) // self.seq_len
-        if n == 0:
-            raise SystemExit(f"error: the val shard holds fewer than --seq_len+1 ({self.seq_len + 1}) tokens")
+        n = min(eval_tokens, len(self.val) - 1) // self.seq_len  # >= 1: checked by main and __init__
         if n >= batch_size * world:
             n -= n % (batch_size * world)
         L = self.seq_len
@@ -319,25 +363,42 @@ def peak_flops(device, dtype):
 
 
 class Log:
-    """Console + out_dir/log.jsonl, rank 0 only. On resume the rows from the resumed step on are
-    dropped (they are about to be redone), so the log reads as one uninterrupted run."""
+    """Console + out_dir/log.jsonl, rank 0 only. On resume the rows of the steps trained after the checkpoint
+    are dropped (they are about to be redone), so the log reads as one uninterrupted run. The resumed step's
+    validation row (of the checkpoint's weights) stays until this run writes that step's again: a resume
+    that does not evaluate there (another --eval_every, a signal during the evaluation) loses nothing."""
 
     def __init__(self, out_dir, master, start_step):
         self.master, self.path = master, os.path.join(out_dir, "log.jsonl")
+        self.redo = start_step if start_step > 0 else None  # the step whose kept val row a new one replaces
         if master:
-            rows = []
-            if start_step > 0 and os.path.exists(self.path):
-                with open(self.path) as f:
-                    rows = [r for r in f if r.strip() and json.loads(r).get("step", -1) < start_step]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(rows)
-            os.replace(self.path + ".tmp", self.path)
+            self._rewrite(lambda r: start_step > 0 and (r.get("step", -1) < start_step or
+                                                        r.get("step") == start_step and "val_loss" in r))
+
+    def _rewrite(self, keep):
+        """Atomically rewrite the log with the rows for which keep(row) is true (a row cut short by a crash goes)."""
+        rows = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue
+                    if keep(r):
+                        rows.append(line.rstrip("\n") + "\n")
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(rows)
+        os.replace(self.path + ".tmp", self.path)
 
     def row(self, text=None, **fields):
         if not self.master:
             return
         if text:
             print(text, flush=True)
+        if "val_loss" in fields and fields.get("step") == self.redo:
+            self._rewrite(lambda r: not ("val_loss" in r and r.get("step") == self.redo))
+            self.redo = None
         with open(self.path, "a") as f:
             f.write(json.dumps(fields) + "\n")
 
@@ -378,21 +439,36 @@ def evaluate(model, batches, ctx, autocast):
 
 
 class StopOnSignal:
-    """While active, SIGINT (Ctrl-C) and SIGTERM (what job schedulers send before they kill) only set
-    self.signum: the loop finishes its step, saves a checkpoint and exits non-zero. A second signal acts
-    at once (the previous handlers are back)."""
+    """While active, SIGINT (Ctrl-C) and SIGTERM (what job schedulers send before they kill) end the run with
+    one line and a non-zero exit. Before a step of this run has completed (self.defer False: loading, the
+    first evaluation, the first step) there is nothing new to save, so a signal exits at once. After that,
+    the first signal only sets self.signum: the loop finishes its step, saves a checkpoint and exits. A
+    second signal exits at once, without saving. _train keeps step, ckpt_path and last_ckpt current for the
+    message; on other ranks than rank 0 (master False) the exit prints nothing."""
 
     def __init__(self):
-        self.signum, self.old = None, {}
+        self.signum, self.old, self.defer = None, {}, False
+        self.step, self.ckpt_path, self.last_ckpt, self.master = 0, None, None, True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal.signal works only there
             self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
+    def saved(self):
+        return (f"the last checkpoint is {self.ckpt_path} (step {self.last_ckpt})" if self.last_ckpt is not None
+                else "no checkpoint was written")
+
     def _handle(self, signum, frame):
-        self.signum = signum
-        self.__exit__()
+        if self.defer and self.signum is None:
+            self.signum = signum
+            return
+        name = signal.Signals(signum).name
+        if self.signum is None:
+            msg = f"stopped by {name} before step {self.step} completed: nothing new to save; {self.saved()}"
+        else:
+            msg = f"stopped by {name}, a second signal, during step {self.step}: exiting without saving; {self.saved()}"
+        raise SystemExit(msg if self.master else 1)
 
     def __exit__(self, *exc):
         for s, h in self.old.items():
@@ -422,8 +498,12 @@ def train(args, cfg, model, ctx, next_batch, eval_batches=None, init_note=None):
 def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
     device, master = ctx.device, ctx.master
     if master:
-        os.makedirs(args.out_dir, exist_ok=True)
+        try:
+            os.makedirs(args.out_dir, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"error: cannot create --out_dir={args.out_dir} ({e.strerror})")
     ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    stop.ckpt_path, stop.master = ckpt_path, master
     model.to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay, args.beta_lr, fused=device.type == "cuda")
     base_lrs = [g["base_lr"] for g in optimizer.param_groups]
@@ -434,6 +514,10 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
         if ckpt["config"] != dataclasses.asdict(cfg):
             raise SystemExit(f"error: {ckpt_path} holds a different model config than these flags "
                              f"({config_diff(ckpt['config'], cfg)})")
+        changed = resume_diff(ckpt.get("args") or {}, args)
+        if changed:
+            raise SystemExit(f"error: --resume=1 continues {ckpt_path} exactly, but these flags differ from its "
+                             f"saved ones: {changed}; pass the saved values, or start a new run in another --out_dir")
         try:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -444,6 +528,12 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
         start = int(ckpt["step"])
         set_rng_state(ckpt["rng"])
         del ckpt
+        stop.last_ckpt = stop.step = start
+        if start >= args.steps or 0 < args.halt_at <= start:
+            what = "the run is finished" if start >= args.steps else f"--halt_at={args.halt_at} is reached"
+            if master:
+                print(f"{ckpt_path} is at step {start} of --steps={args.steps}: {what}, nothing to do", flush=True)
+            return start
 
     # Compile block by block (and the loss head) rather than the whole model: the identical blocks share
     # one graph, compiled once instead of n_layer times (seconds, not minutes), with the memory scan over
@@ -475,40 +565,41 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
 
     # device-side accumulators: the hot loop never waits for the GPU, only log/eval/checkpoint steps do
     acc = torch.zeros(2, device=device)  # loss, grad norm, summed over steps since the last row
-    n_acc, n_tok, last_ckpt = 0, 0, start if args.resume else None  # n_tok: tokens this rank trained on
+    n_acc, n_tok = 0, 0  # n_tok: tokens this rank trained on
     t_last, steps_timed, time_timed = time.perf_counter(), 0, 0.0
 
     def check_finite(step):
         vals = reduce_mean(acc).tolist()
         if not all(math.isfinite(v) for v in vals):
-            where = f"{ckpt_path} (step {last_ckpt}) is kept" if last_ckpt is not None else "no checkpoint was written"
+            where = f"{ckpt_path} (step {stop.last_ckpt}) is kept" if stop.last_ckpt is not None else "no checkpoint was written"
             raise SystemExit(f"error: loss or gradient became {vals[0] if not math.isfinite(vals[0]) else vals[1]} "
                              f"by step {step}; stopping (try a lower --lr). Last good checkpoint: {where}")
         return vals
 
     step, stopped = start, False
     for step in range(start, args.steps + 1):
+        stop.step = step
         last = step == args.steps
-        stopped = step > start and not last and stop.requested(ctx)  # a signal: checkpoint this step, then exit
-        halt = 0 < args.halt_at == step < args.steps or stopped
-        do_eval = eval_batches is not None and (last or (args.eval_every > 0 and step % args.eval_every == 0))
-        do_ckpt = step > start and (last or halt or step % args.ckpt_every == 0)
-        if do_eval or do_ckpt:
+        if eval_batches is not None and (last or (args.eval_every > 0 and step % args.eval_every == 0)):
             _sync(device)
             t0 = time.perf_counter()
-        if do_eval:
             val = evaluate(model, eval_batches(), ctx, autocast)
             log.row(f"step {step}: val_loss {val:.4f}", step=step, val_loss=val)
-        if do_ckpt:
+            t_last += time.perf_counter() - t0  # evaluation is not training time
+        # a signal (asked after the evaluation, so that one during it costs no extra step): checkpoint, then exit
+        stopped = step > start and not last and stop.requested(ctx)
+        halt = 0 < args.halt_at == step < args.steps or stopped
+        if step > start and (last or halt or step % args.ckpt_every == 0):
+            _sync(device)
+            t0 = time.perf_counter()
             if n_acc:
                 check_finite(step - 1)  # never save weights that a NaN already reached
             if master:
                 save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=step, config=dataclasses.asdict(cfg), args=vars(args),
                                                 rng=rng_state()))
-            last_ckpt = step
-        if do_eval or do_ckpt:
-            t_last += time.perf_counter() - t0  # evaluation and saving are not training time
+            stop.last_ckpt = step
+            t_last += time.perf_counter() - t0  # nor is saving
         if last or halt:
             break
 
@@ -531,6 +622,7 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         acc[1] += norm.detach()
         optimizer.step()
+        stop.defer = True  # from now on there is something new to save: a signal waits for the checkpoint
         optimizer.zero_grad(set_to_none=True)
         n_acc += 1
 
@@ -565,6 +657,9 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     check_args(args)
+    if args.eval_tokens < args.seq_len:
+        raise SystemExit(f"error: --eval_tokens ({args.eval_tokens}) must be at least --seq_len ({args.seq_len}): "
+                         "validation runs on whole sequences")
     if args.model == "300m" and args.device == "cpu":
         print("warning: the 300m preset on the CPU takes minutes per step and logs nothing for a long while; "
               "for a quick CPU run use the laptop line of --help (--model=tiny)", file=sys.stderr, flush=True)
@@ -586,4 +681,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside train()'s handler: reading shards, building the model
+        raise SystemExit("stopped by SIGINT outside the training loop: nothing new to save")
