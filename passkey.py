@@ -269,8 +269,9 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--ckpt", help="checkpoint written by train.py / finetune.py")
     p.add_argument("--random_init", action="store_true", help="no checkpoint: a random model (smoke test)")
-    p.add_argument("--model", default="tiny", help="preset for --random_init")
-    p.add_argument("--attn", default="infini", choices=["infini", "local", "full"], help="attention for --random_init")
+    p.add_argument("--model", default=None, help="preset for --random_init (default tiny; a --ckpt holds its own)")
+    p.add_argument("--attn", default=None, choices=["infini", "local", "full"],
+                   help="attention for --random_init (default infini; a --ckpt holds its own)")
     p.add_argument("--segment", type=int, default=None, help="segment length (default: the checkpoint's, or the "
                    "preset's with --random_init); another value reads the prompt with other segments, e.g. a model "
                    "fine-tuned on short segments evaluated at its pretraining segment")
@@ -294,6 +295,10 @@ def check_args(args, enc):
         raise SystemExit("error: give --ckpt PATH, or --random_init for a smoke test")
     if args.random_init and args.ckpt:
         raise SystemExit("error: --random_init evaluates a random model, --ckpt a trained one: give one of them")
+    if args.ckpt and (args.model or args.attn):
+        raise SystemExit("error: --model and --attn are for --random_init; a --ckpt's model is the one it holds "
+                         "(convert attention with finetune.py --attn)")
+    args.model, args.attn = args.model or "tiny", args.attn or "infini"
     if any(not 0 <= d <= 100 for d in args.depths):
         raise SystemExit("error: --depths are percentages in [0, 100]")
     if min(args.samples, args.new_tokens, args.batch_size) <= 0:

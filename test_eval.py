@@ -280,6 +280,15 @@ def test_passkey_cli_needs_a_model():
         passkey.main(["--lengths", "128"])
 
 
+@pytest.mark.parametrize("flag", [["--model", "small"], ["--attn", "local"]])
+def test_passkey_model_flags_only_with_random_init(enc, tmp_path, flag):
+    # they were silently ignored next to a --ckpt (the checkpoint's model was evaluated)
+    with pytest.raises(SystemExit) as e:
+        passkey.main(["--ckpt", str(tmp_path / "ckpt.pt"), *flag, "--lengths", "256", "--device", "cpu",
+                      "--out", str(tmp_path / "pk.json")])
+    assert str(e.value).startswith("error: --model and --attn are for --random_init"), str(e.value)
+
+
 @pytest.mark.parametrize("extra,expect", [
     (["--lengths", "256", "50"], "--lengths 50 is too short for the passkey template (at least 66 tokens)"),
     (["--samples", "0"], "must be positive"),
