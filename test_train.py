@@ -353,6 +353,16 @@ def wait_for_rows(out, key, deadline=60):
     raise AssertionError(f"no {key!r} row in {out} within {deadline} s")
 
 
+def exits_at_once(p, sig):
+    """Send sig to the train.py process p: it must exit non-zero within 10 s with one line on stderr (returned)."""
+    t = time.time()
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=60)
+    assert time.time() - t < 10 and p.returncode != 0, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    return err
+
+
 def test_signal_before_the_first_step_exits_at_once(slow_val, tmp_path):
     """A SIGTERM during the step-0 validation used to wait for it and the first step (>10 minutes on a CPU):
     with nothing new to save, it exits at once, one line, no checkpoint."""
@@ -360,11 +370,7 @@ def test_signal_before_the_first_step_exits_at_once(slow_val, tmp_path):
     out = str(tmp_path / "o")
     p = start_train(tiny_args(data, out, *slow, "--eval_every=1000"))
     wait_for_rows(out, "config")  # the header row: the evaluation of step 0 comes next
-    t = time.time()
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
-    assert time.time() - t < 10 and p.returncode != 0, err
-    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    err = exits_at_once(p, signal.SIGTERM)
     assert "stopped by SIGTERM before step 0 completed: nothing new to save; no checkpoint was written" in err, err
     assert not os.path.exists(os.path.join(out, "ckpt.pt"))
 
@@ -379,11 +385,7 @@ def test_second_signal_exits_at_once(slow_val, tmp_path):
     p.send_signal(signal.SIGTERM)
     time.sleep(1)
     assert p.poll() is None  # deferred
-    t = time.time()
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
-    assert time.time() - t < 10 and p.returncode != 0, err
-    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    err = exits_at_once(p, signal.SIGINT)
     assert "stopped by SIGINT, a second signal, during step 1: exiting without saving" in err, err
 
 
