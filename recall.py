@@ -28,6 +28,7 @@ acc_by_distance[d] is the accuracy on pairs written d+1 segments before the quer
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -156,6 +157,10 @@ def check_args(args):
                          f"--segment/2 ({args.segment // 2}) queries in the last segment, and the slots of "
                          f"{smallest - 1} earlier segment(s)")
     train.check_device(args.device)
+    tokens = args.steps * args.batch_size * args.segments * args.segment
+    if args.device == "cpu" and tokens > 2e7:
+        print(f"warning: {tokens / 1e6:.0f}M tokens on the CPU take hours; for a quick CPU run use the CPU line of "
+              "--help", file=sys.stderr, flush=True)
     if args.out is None:       # out/ is the scratch folder (git-ignored), made when the row is written
         args.out = os.path.join("out", f"recall_{device_name(args.device)}.json")
     else:
@@ -218,6 +223,8 @@ def main(argv=None):
         return torch.from_numpy(x), torch.from_numpy(y)
 
     t0 = time.time()
+    ckpt = os.path.join(args.out_dir, "ckpt.pt")
+    finished = args.resume and os.path.isfile(ckpt) and train.load_checkpoint(ckpt).get("step") == args.steps
     train.train(targs, cfg, model, ctx, next_batch, init_note=f"recall, {args.n_pairs} pair(s), "
                 f"{args.segments} segments of {args.segment}, curriculum {args.curriculum or 'none'}")
     autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
@@ -231,6 +238,10 @@ def main(argv=None):
                lr=args.lr, batch_size=args.batch_size, seed=args.seed, seconds=round(time.time() - t0, 1),
                gates=model.gates().tolist() if model.gates() is not None else None, device=device_name(args.device))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)   # (only the default's out/ can be missing)
+    same = lambda r: {k: v for k, v in r.items() if k != "seconds"} == {k: v for k, v in row.items() if k != "seconds"}
+    if finished and any(same(r) for r in read_rows(args.out)):   # a resumed finished run: its row is there already
+        print(f"{name}: acc {acc:.3f}; {args.out} already holds this run's row: nothing appended")
+        return
     append_row(args.out, row)
     print(f"{name}: acc {acc:.3f} (chance {1 / args.n_values:.3f}) by distance "
           + " ".join("-" if a is None else f"{a:.2f}" for a in by_d) + f" | appended to {args.out}")

@@ -98,3 +98,22 @@ def test_cpu_example_and_default_write_under_out():
     args = recall.get_parser().parse_args(["--device=cpu"])
     recall.check_args(args)
     assert args.out == os.path.join("out", "recall_cpu.json")
+
+
+def test_resumed_finished_run_appends_no_second_row(tmp_path, capsys):
+    # re-running a finished run with --resume=1 (as the error of a plain re-run suggests) used to append its row twice
+    flags = ["--device=cpu", "--segments=2", "--segment=16", "--n_embd=32", "--n_head=2", "--n_values=16",
+             "--steps=3", "--batch_size=4", "--eval_rows=8", f"--out_dir={tmp_path / 'run'}", f"--out={tmp_path / 'r.json'}"]
+    recall.main(flags)
+    with pytest.raises(SystemExit) as e:                          # a plain re-run: the checkpoint is not overwritten
+        recall.main(flags)
+    assert "pass --resume=1" in str(e.value)
+    recall.main(flags + ["--resume=1"])
+    assert "already holds this run's row: nothing appended" in capsys.readouterr().out
+    assert len(json.load(open(tmp_path / "r.json"))) == 1
+
+
+def test_default_run_on_the_cpu_warns(capsys):
+    args = recall.get_parser().parse_args(["--device=cpu"])
+    recall.check_args(args)
+    assert "take hours; for a quick CPU run use the CPU line of --help" in capsys.readouterr().err
