@@ -71,7 +71,8 @@ def save_checkpoint(path, state):
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict, or SystemExit with one line naming the file if it is missing or corrupt.
     Format: {"model": state_dict of an uncompiled Llama, "config": dataclasses.asdict(LlamaConfig),
-    "optimizer", "step" (optimizer steps done), "args", "rng"}. A folder (an out_dir) means its ckpt.pt."""
+    "optimizer", "step" (optimizer steps done), "args", "rng", "log_acc" (the sums of the log row in progress)}.
+    A folder (an out_dir) means its ckpt.pt."""
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "ckpt.pt")):
             raise SystemExit(f"error: {path} is a folder without a ckpt.pt; pass a checkpoint file or a train.py/finetune.py out_dir")
@@ -507,13 +508,13 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
     model.to(device)
     optimizer = model.configure_optimizers(args.lr, args.weight_decay, args.beta_lr, fused=device.type == "cuda")
     base_lrs = [g["base_lr"] for g in optimizer.param_groups]
-    start = 0
+    start, log_acc = 0, None
     if args.resume:
         ckpt = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay CPU tensors
         ckpt["config"]["fast_memory"] = cfg.fast_memory  # a choice of code path, not of model: the flag's wins
         if ckpt["config"] != dataclasses.asdict(cfg):
             raise SystemExit(f"error: {ckpt_path} holds a different model config than these flags "
-                             f"({config_diff(ckpt['config'], cfg)})")
+                             f"({config_diff(ckpt['config'], cfg)}); --resume=1 takes the command of the run it continues")
         changed = resume_diff(ckpt.get("args") or {}, args)
         if changed:
             raise SystemExit(f"error: --resume=1 continues {ckpt_path} exactly, but these flags differ from its "
@@ -527,6 +528,7 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
             g["base_lr"] = lr  # the current flags' peak LRs win over the saved ones
         start = int(ckpt["step"])
         set_rng_state(ckpt["rng"])
+        log_acc = ckpt.get("log_acc")  # the sums of a log row cut in two by the checkpoint (absent: before they were saved)
         del ckpt
         stop.last_ckpt = stop.step = start
         if start >= args.steps or 0 < args.halt_at <= start:
@@ -566,6 +568,8 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
     # device-side accumulators: the hot loop never waits for the GPU, only log/eval/checkpoint steps do
     acc = torch.zeros(2, device=device)  # loss, grad norm, summed over steps since the last row
     n_acc, n_tok = 0, 0  # n_tok: tokens this rank trained on
+    if log_acc:  # resumed mid-row: the row goes on averaging from where the checkpoint left it, as in one run
+        acc, n_acc = torch.tensor(log_acc["sums"], device=device), log_acc["steps"]
     t_last, steps_timed, time_timed = time.perf_counter(), 0, 0.0
 
     def check_finite(step):
@@ -592,12 +596,13 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
         if step > start and (last or halt or step % args.ckpt_every == 0):
             _sync(device)
             t0 = time.perf_counter()
-            if n_acc:
-                check_finite(step - 1)  # never save weights that a NaN already reached
+            # never save weights that a NaN already reached; the sums of the log row in progress (means over
+            # ranks) go with the checkpoint, so that a resumed log reads as one run
+            sums = check_finite(step - 1) if n_acc else None
             if master:
                 save_checkpoint(ckpt_path, dict(model=model.state_dict(), optimizer=optimizer.state_dict(),
                                                 step=step, config=dataclasses.asdict(cfg), args=vars(args),
-                                                rng=rng_state()))
+                                                rng=rng_state(), log_acc=dict(sums=sums, steps=n_acc) if n_acc else None))
             stop.last_ckpt = step
             t_last += time.perf_counter() - t0  # nor is saving
         if last or halt:
