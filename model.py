@@ -2,7 +2,12 @@
 Infini-LLaMA: a small LLaMA whose attention layers can be Infini-attention.
 
 Read top to bottom: config -> RMSNorm -> RoPE -> the compressive memory (the heart of
-Infini-attention) -> Attention (full / local / infini) -> SwiGLU MLP -> Block -> Llama.
+Infini-attention) -> memory_fast -> Attention (full / local / infini) -> SwiGLU MLP -> Block -> Llama.
+memory_fast (~170 lines after compressive_memory) is the same function as compressive_memory (plus the
+gate mix of eq. 10), written for speed: autograd Functions with hand-written backwards on the CPU, the
+Triton kernels of kernels.py on a GPU. It is the path that runs by default (cfg.fast_memory); a first
+reading can skip it. compressive_memory stays the spec: the float64 tests check memory_fast against it
+(and both against test_model.py's per-segment loop, written from P2's equations).
 
 Equation numbers refer to P2 = Munkhdalai et al. 2024, "Leave No Context Behind"
 (arXiv 2404.07143); the recipe (gate, init, beta LR) follows P1 = "Probing the Limits of
@@ -34,7 +39,11 @@ class LlamaConfig:
     attn: str = "infini"         # "infini" (memory + local) | "local" (segments, no memory) | "full"
     update: str = "delta"        # memory update rule: "delta" (eq. 9, P1's choice) | "linear" (eq. 8)
     gate: str = "hard_sigmoid"   # "hard_sigmoid" (P1: clamp(0.2b+0.5, 0, 1)) | "sigmoid" (P2)
-    fast_memory: bool = True     # infini: memory_fast (faster, leaner on a GPU) | False: compressive_memory, the spec
+    # which code path computes the infini memory: True = memory_fast (faster, leaner on a GPU), False =
+    # compressive_memory (the spec). The same function either way: it never changes the model's math or
+    # weights. It is saved with the config in checkpoints, but no script takes it from one: train.py
+    # --resume and finetune.py use their --fast_memory flag (default 1), passkey.py this default.
+    fast_memory: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -113,7 +122,8 @@ def sigma(x):
 
 
 def _sig(t):
-    """sigma evaluated in fp32 (at least), returned in fp32 and in t's dtype (the memory's matmul operand)."""
+    """sigma(t) evaluated in fp32 (at least); returns the pair (fp32, t's dtype): _sig(t)[0] is the fp32
+    value, _sig(t)[1] the same values rounded to t's dtype (bf16 under autocast), the memory's matmul operand."""
     s = sigma(t.to(torch.promote_types(t.dtype, torch.float32)))
     return s, s.to(t.dtype)
 
@@ -400,17 +410,19 @@ class Attention(nn.Module):
 
         new_memory = None
         if self.cfg.attn == "infini":
-            # memory math in float32 with autocast off: under autocast even .float() tensors would be
-            # multiplied in bf16, and the normaliser sigma(Q) z (a sum over ~1e5 terms) needs the range
+            # autocast off: we choose each op's precision ourselves (see compressive_memory), since under
+            # autocast even .float() tensors would be multiplied in bf16. sigma(Q), sigma(K) are evaluated
+            # in fp32 and stored in q's compute dtype (bf16 under autocast), the matmuls' operands; the
+            # state M, z, the normaliser sigma(Q) z (a sum over ~1e5 terms: it needs the range) and the
+            # division are fp32.
             with torch.autocast(device_type=x.device.type, enabled=False):
-                # autocast off: we choose each op's precision ourselves (see compressive_memory);
-                # sigma is evaluated in fp32 and stored in the compute dtype of q
                 per_head = lambda t: t.transpose(2, 3)                              # (B, S, H, N, D)
                 g = self.gate().to(torch.promote_types(q.dtype, torch.float32)).view(1, 1, H, 1, 1)
                 if self.cfg.fast_memory:                                            # the same function, hand-written backwards
                     y, new_memory = memory_fast(
                         per_head(q), per_head(k), per_head(v), y, g, self.cfg.update, n_full, memory)
                 else:
+                    # _sig(.)[1]: sigma in q's and k's compute dtype (the [0] entry, fp32, is unused here)
                     a_mem, new_memory = compressive_memory(
                         _sig(per_head(q))[1], _sig(per_head(k))[1], per_head(v), self.cfg.update, n_full, memory)
                     y = (g * a_mem + (1.0 - g) * y.to(a_mem.dtype)).to(y.dtype)   # eq. 10
@@ -526,8 +538,9 @@ class Llama(nn.Module):
 
     def configure_optimizers(self, lr, weight_decay=0.1, beta_lr=0.01, betas=(0.9, 0.95), eps=1e-8, fused=None):
         """AdamW with three groups: >=2-D weights decay; norms (1-D) do not; the gate parameters beta
-        get their own LR and no decay (HFB: with the model's small LR and decay on beta, gates never
-        leave 0.5). Each group keeps its peak LR in 'base_lr' for the schedule to scale."""
+        get their own LR and no decay (HFB, the Hugging Face blog "A failed experiment: Infini-Attention,
+        and why we should keep trying?": with the model's small LR and decay on beta, gates never leave
+        0.5). Each group keeps its peak LR in 'base_lr' for the schedule to scale."""
         decay, no_decay, gate = [], [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:

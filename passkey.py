@@ -3,7 +3,7 @@ Passkey retrieval: the needle-in-a-haystack sample generator (also used by finet
 zero-shot / fine-tuned evaluation of a checkpoint over a grid of prompt lengths x needle depths.
 
     python passkey.py --ckpt=out/ckpt.pt --lengths 1024 2048 4096 8192 16384 32768 \
-        --depths 0 25 50 75 100 --samples 10 --seed 0 --out passkey.json
+        --depths 0 25 50 75 100 --samples 10 --seed 0 --out out/passkey.json
     python passkey.py --random_init --model tiny --attn infini --lengths 256 1024 --device cpu   # smoke test
 
 A sample is P2's template (App. B): intro, filler sentences, the needle
@@ -268,7 +268,8 @@ def get_parser():
     from prepare_fineweb import HelpFormatter
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--ckpt", help="checkpoint written by train.py / finetune.py")
-    p.add_argument("--random_init", action="store_true", help="no checkpoint: a random model (smoke test)")
+    p.add_argument("--random_init", type=int, nargs="?", const=1, default=0, choices=(0, 1),
+                   help="1 (or the bare flag): no checkpoint, a random model (smoke test)")
     p.add_argument("--model", default=None, help="preset for --random_init (default tiny; a --ckpt holds its own)")
     p.add_argument("--attn", default=None, choices=["infini", "local", "full"],
                    help="attention for --random_init (default infini; a --ckpt holds its own)")
@@ -284,7 +285,7 @@ def get_parser():
     p.add_argument("--chunk", type=int, default=None, help="streaming chunk in tokens (default 8 segments)")
     p.add_argument("--batch_size", type=int, default=8, help="prompts of one cell decoded together")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
-    p.add_argument("--out", default="passkey.json", help="result JSON (records of every sample)")
+    p.add_argument("--out", default="out/passkey.json", help="result JSON (records of every sample)")
     p.add_argument("--overwrite", type=int, default=0, choices=(0, 1), help="1 = replace an existing --out")
     return p
 
@@ -336,6 +337,8 @@ def main(argv=None):
     result = dict(checkpoint=label, seconds=round(time.time() - t0, 1), **result)
     if own_segment is not None and own_segment != model.cfg.segment:   # read at another segment (--segment)
         result["checkpoint_segment"] = own_segment
+    from prepare_fineweb import out_folder
+    out_folder(args.out)
     with open(args.out + ".tmp", "w") as f:  # atomic: a killed run never leaves half a JSON
         json.dump(result, f, indent=1)
     os.replace(args.out + ".tmp", args.out)

@@ -1,10 +1,10 @@
 """
 Figures from checkpoints, training logs (log.jsonl) and passkey results (passkey.json), as PNGs.
 
-    python plots.py gates      --ckpt out/ckpt.pt --out gates.png          # or --log out/log.jsonl (last gates row)
-    python plots.py gate_trend --log out/log.jsonl --out gate_trend.png
-    python plots.py loss       --logs a/log.jsonl b/log.jsonl --labels infini local --out loss.png
-    python plots.py passkey    --json a.json b.json --labels infini local --out passkey.png
+    python plots.py gates      --ckpt out/ckpt.pt --out out/gates.png          # or --log out/log.jsonl (last gates row)
+    python plots.py gate_trend --log out/log.jsonl --out out/gate_trend.png
+    python plots.py loss       --logs a/log.jsonl b/log.jsonl --labels infini local --out out/loss.png
+    python plots.py passkey    --json a.json b.json --labels infini local --out out/passkey.png
 
 log.jsonl rows: training rows {"step", "loss", "gates": [[g per head] per layer], ...}, validation rows
 {"step", "val_loss", ...}; other rows are ignored. The gate g is the memory's weight in eq. 10 of P2:
@@ -243,6 +243,8 @@ def image_format(out):
 
 def save(fig, out):
     # to a temporary name first: Ctrl-C mid-write never leaves a truncated figure under the real name
+    from prepare_fineweb import out_folder
+    out_folder(out)
     tmp = out + ".tmp"
     fig.savefig(tmp, dpi=130, format=image_format(out))
     os.replace(tmp, out)
@@ -260,26 +262,26 @@ def get_parser():
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint (.pt)")
     src.add_argument("--log", help="log.jsonl (its last row with gates)")
-    s.add_argument("--out", default="gates.png", help="PNG to write")
+    s.add_argument("--out", default="out/gates.png", help="PNG to write")
     s = sub.add_parser("gate_trend", help="per-layer mean gate over training steps", **kw)
     s.add_argument("--log", required=True, help="train.py's log.jsonl")
-    s.add_argument("--out", default="gate_trend.png", help="PNG to write")
+    s.add_argument("--out", default="out/gate_trend.png", help="PNG to write")
     s = sub.add_parser("loss", help="train / val loss of several runs", **kw)
     s.add_argument("--logs", nargs="+", required=True, help="log.jsonl files")
     s.add_argument("--labels", nargs="+", help="one name per log (default: the log's folder)")
-    s.add_argument("--out", default="loss.png", help="PNG to write")
+    s.add_argument("--out", default="out/loss.png", help="PNG to write")
     s = sub.add_parser("passkey", help="passkey accuracy heatmaps, difference, accuracy vs compressions", **kw)
     s.add_argument("--json", nargs="+", required=True, help="passkey.py results")
     s.add_argument("--labels", nargs="+", help="one name per result (default: the file's folder)")
     s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"], help="which score to plot")
-    s.add_argument("--out", default="passkey.png", help="PNG to write")
+    s.add_argument("--out", default="out/passkey.png", help="PNG to write")
     s = sub.add_parser("recall", help="recall.py: accuracy vs distance and vs number of pairs", **kw)
     s.add_argument("--json", nargs="+", required=True, help="recall.py's JSON lists of rows (rows of the second "
                    "file on are labelled with its name)")
-    s.add_argument("--out", default="recall.png", help="PNG to write")
+    s.add_argument("--out", default="out/recall.png", help="PNG to write")
     s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length", **kw)
     s.add_argument("--json", required=True, help="bench.py's streaming JSON")
-    s.add_argument("--out", default="streaming.png", help="PNG to write")
+    s.add_argument("--out", default="out/streaming.png", help="PNG to write")
     for s in sub.choices.values():
         s.add_argument("--overwrite", type=int, default=0, choices=(0, 1), help="1 = replace an existing --out")
     return p

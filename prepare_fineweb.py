@@ -37,12 +37,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def check_out_file(path, flag="--out"):
     """An output file name, checked before any work (passkey.py, recall.py, plots.py): one line if it names a
-    folder or its folder does not exist. Whether an existing file may be replaced is the script's own rule."""
+    folder or its folder does not exist, except out/, the git-ignored scratch folder of the defaults, which
+    the writer makes (out_folder). Whether an existing file may be replaced is the script's own rule."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise SystemExit(f"error: {flag} {path} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
+    if not os.path.isdir(folder) and os.path.dirname(os.path.normpath(path)) != "out":
         raise SystemExit(f"error: the folder of {flag} ({folder}) does not exist")
+
+
+def out_folder(path):
+    """Make out/ when a checked output file goes there (check_out_file let only that folder be missing)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 def gpt2_encoding():

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import train
-from prepare_fineweb import HelpFormatter, check_out_file
+from prepare_fineweb import HelpFormatter, check_out_file, out_folder
 from model import Llama, make_config
 
 # -----------------------------------------------------------------------------
@@ -163,8 +163,7 @@ def check_args(args):
               "--help", file=sys.stderr, flush=True)
     if args.out is None:       # out/ is the scratch folder (git-ignored), made when the row is written
         args.out = os.path.join("out", f"recall_{device_name(args.device)}.json")
-    else:
-        check_out_file(args.out)                   # not a folder, and its folder exists (as in passkey.py)
+    check_out_file(args.out)                       # not a folder, and its folder exists (as in passkey.py)
     read_rows(args.out)                            # an existing --out must take the row: said now, not after training
 
 
@@ -191,6 +190,7 @@ def read_rows(path):
 def append_row(path, row):
     """Add row to the JSON list at path (created if missing), atomically: earlier rows are never lost."""
     rows = read_rows(path)     # read again: another run may have appended since check_args
+    out_folder(path)
     with open(path + ".tmp", "w") as f:
         json.dump(rows + [row], f, indent=1)
     os.replace(path + ".tmp", path)
@@ -237,7 +237,6 @@ def main(argv=None):
                acc_by_distance=by_d, chance=1.0 / args.n_values, n_layer=args.n_layer, n_embd=args.n_embd,
                lr=args.lr, batch_size=args.batch_size, seed=args.seed, seconds=round(time.time() - t0, 1),
                gates=model.gates().tolist() if model.gates() is not None else None, device=device_name(args.device))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)   # (only the default's out/ can be missing)
     same = lambda r: {k: v for k, v in r.items() if k != "seconds"} == {k: v for k, v in row.items() if k != "seconds"}
     if finished and any(same(r) for r in read_rows(args.out)):   # a resumed finished run: its row is there already
         print(f"{name}: acc {acc:.3f}; {args.out} already holds this run's row: nothing appended")

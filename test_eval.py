@@ -503,3 +503,18 @@ def test_readme_commands_parse():
             parser.parse_args(argv)
         except SystemExit as e:
             raise AssertionError(f"README: {script} {' '.join(argv)} does not parse") from e
+
+
+def test_default_outputs_go_to_out(tmp_path, monkeypatch):
+    # the defaults wrote passkey.json and loss.png into the repo's root; they go to out/ (git-ignored), made when
+    # needed; another missing folder is still refused; --random_init=1 is the bare flag (every flag takes =value)
+    import plots
+    monkeypatch.chdir(tmp_path)
+    assert passkey.get_parser().parse_args(["--random_init=1"]).random_init == 1
+    assert passkey.get_parser().parse_args(["--random_init"]).random_init == 1
+    assert passkey.get_parser().parse_args([]).out == os.path.join("out", "passkey.json")
+    write_log(tmp_path / "log.jsonl")
+    plots.main(["loss", "--logs", str(tmp_path / "log.jsonl")])
+    assert (tmp_path / "out" / "loss.png").is_file() and not (tmp_path / "loss.png").exists()
+    with pytest.raises(SystemExit, match="does not exist"):
+        plots.main(["loss", "--logs", str(tmp_path / "log.jsonl"), "--out", "elsewhere/loss.png"])

@@ -9,9 +9,11 @@
 # stage until round 3: 300 steps of 16 x 4096 tokens, packed rows, loss on every token, lr 7.5e-4, beta lr
 # 1.5e-4; evaluate now passes round 3's flags on top of it), run eager unless COMPILE=1 (a curriculum
 # changes the row shape, so each stage compiles anew. Measured on the H100, rows of 2048 four at a time:
-# eager ~120K tok/s, compiled 260-320K; eager rows of 4096, ~240K; pretraining, compiled, 4 x 8192, 704K). The device calls made (round 1; round 2: results/memory_pipeline2.sh):
-#   WHICH="infini local" RES=$OUT bash results/reproduce_small.sh pretrain
-#   WHICH=full RES=$OUT bash results/reproduce_small.sh pretrain
+# eager ~120K tok/s, compiled 260-320K; eager rows of 4096, ~240K; pretraining, compiled, 4 x 8192, 704K).
+# The commands run (round 1; round 2: results/memory_pipeline2.sh), on one H100, <folder> the folder the
+# results were written to:
+#   WHICH="infini local" RES=<folder> bash results/reproduce_small.sh pretrain
+#   WHICH=full RES=<folder> bash results/reproduce_small.sh pretrain
 #   bash results/finetune_ladder.sh infini_rows infini --pack=0
 #   bash results/finetune_ladder.sh infini_curric infini --pack=0 --curriculum=1024,2048
 #   ...                                                (the README's table lists every rung and its flags)
@@ -21,7 +23,7 @@ NAME=${1:?usage: finetune_ladder.sh NAME INIT [flags]}
 INIT=${2:?usage: finetune_ladder.sh NAME INIT [flags]}
 shift 2
 RUNS=${RUNS:-/tmp/repro}
-RES=${RES:-results/small}
+RES=${RES:-out/finetune_ladder}    # the committed results/small was written with RES=results/small
 LENGTHS=${LENGTHS:-"1024 2048 4096 8192 16384 32768"}
 SAMPLES=${SAMPLES:-20}
 export PYTHONUNBUFFERED=1

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The fine-tuning study of the README ("Does the memory remember?") as one unattended run on one GPU, so
-# that checkpoints never have to outlive a device call: pretrain the `small` models exactly as
-# results/reproduce_small.sh does, climb the fine-tuning ladder on the pretrained infini model (one change
+# The fine-tuning study of the README ("Does the memory remember?") as one unattended background run on
+# one GPU, so that no checkpoint has to outlive it (on our GPU machines /tmp lasted at most 30 minutes):
+# pretrain the `small` models exactly as results/reproduce_small.sh does, climb the fine-tuning ladder on the pretrained infini model (one change
 # per rung), pick the best rung by the passkey accuracy the issue targets, and fine-tune the baselines
 # and the converted local -> infini model with that recipe.
 #
-#   setsid nohup bash results/memory_pipeline.sh > /tmp/pipe/log.txt 2>&1 &     # in a device call
-#   then, in that call and the next ones: tar czf $OUT/memory.tgz -C /tmp/pipe res; tail /tmp/pipe/log.txt
+#   setsid nohup bash results/memory_pipeline.sh > /tmp/pipe/log.txt 2>&1 &     # in the background
+#   then, from later commands (ours were limited to 10 minutes each), to follow it and collect the results:
+#   tail /tmp/pipe/log.txt; tar czf <folder>/memory.tgz -C /tmp/pipe res
 #
 # Results (JSON, logs) accumulate in /tmp/pipe/res; checkpoints in /tmp/pipe/runs.
 set -uo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 P=${PIPE:-/tmp/pipe}
 mkdir -p $P/res
-rm -rf $P/repo && cp -r "$SRC" $P/repo && cd $P/repo   # a snapshot: later device calls re-sync the tree
+rm -rf $P/repo && cp -r "$SRC" $P/repo && cd $P/repo   # a snapshot: changes to the working tree meanwhile cannot reach the run
 export RUNS=$P/runs RES=$P/res
 say() { echo "[$(date +%H:%M:%S)] $*"; }
 ladder() { say "rung $1: ${*:3}"; bash results/finetune_ladder.sh "$@" || say "rung $1 FAILED"; }

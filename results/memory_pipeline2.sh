@@ -3,11 +3,13 @@
 # GPU. The first (memory_pipeline.sh) left infini at 0 % whenever the needle was outside the last segment;
 # recall.py showed that the memory is learnt when many answers a step *need* it. So every rung here but the
 # control puts the needle in a segment before the question's (finetune.py --needle=memory). The rungs run
-# side by side in one machine hold (measured: six eager rungs of 4 x 2048 ran at ~34K tok/s each, ~200K in all,
-# where one alone ran at ~120K; compiled, the same shape ran at 260-320K even two side by side):
+# side by side on one machine, within the 30 minutes we could hold it (measured: six eager rungs of
+# 4 x 2048 ran at ~34K tok/s each, ~200K in all, where one alone ran at ~120K; compiled, the same shape ran
+# at 260-320K even two side by side):
 #
-#   setsid nohup bash results/memory_pipeline2.sh > /tmp/pipe/log.txt 2>&1 &     # in a device call
-#   then, in that call and the next ones: tar czf $OUT/memory.tgz -C /tmp/pipe res; tail /tmp/pipe/log.txt
+#   setsid nohup bash results/memory_pipeline2.sh > /tmp/pipe/log.txt 2>&1 &     # in the background
+#   then, from later commands (ours were limited to 10 minutes each), to follow it and collect the results:
+#   tail /tmp/pipe/log.txt; tar czf <folder>/memory.tgz -C /tmp/pipe res
 #
 # 1. pretrain infini, local and full exactly as reproduce_small.sh does (side by side);
 # 2. eight rungs (RUNGS: a regex searched in the rung names, e.g. 'x16|lr'; x16_1k runs only when named) on
@@ -23,9 +25,9 @@
 #      pretrainings) and lost infini's; after local and full had finished it was started again with
 #      EXTRA=--log_every=25 (a no-op flag, which then also skipped a second recall sweep; local and full refused to
 #      overwrite their checkpoints, as they should), pretrained infini and ran the six rungs; the final
-#      fine-tunes (on an all-zero "best", which the script now skips) were cut by the 30-minute limit.
+#      fine-tunes (on an all-zero "best", which the script now skips) were cut when the machine's 30 minutes ran out.
 #   2. PRETRAIN=infini RUNGS='x16|lr' FINALS=0 RECALL=0 COMPILE=1, the same command: two more rungs.
-# results/small/ladder2/best_rung.json merges the two calls' scores by hand.
+# results/small/ladder2/best_rung.json merges the two machines' scores by hand.
 # Results (JSON, logs) accumulate in /tmp/pipe/res; checkpoints in /tmp/pipe/runs. A CPU dry run of the plumbing:
 #   RECALL=0 MODEL=tiny STEPS=4 SEQ=2048 COMPILE=0 DEVICE=cpu DTYPE=float32 EVAL_TOKENS=4096 SAMPLES=2 \
 #   EXTRA="--steps=2 --batch_size=1 --grad_accum=1 --eval_tokens=2048" PIPE=/tmp/dry bash results/memory_pipeline2.sh
@@ -33,12 +35,12 @@ set -uo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 P=$(realpath -m "${PIPE:-/tmp/pipe}")
 mkdir -p $P/res/ladder2
-R=$P/repo.$$                                           # a snapshot per start: later device calls re-sync the tree
+R=$P/repo.$$                                           # a snapshot per start: changes to the working tree meanwhile cannot reach the run
 cp -r "$SRC" $R && cd $R || exit 1
 export RUNS=$P/runs PYTHONUNBUFFERED=1
 [ -d .carry/tiktoken_cache ] && export TIKTOKEN_CACHE_DIR=$PWD/.carry/tiktoken_cache
 EXTRA=${EXTRA:-}   # appended to every fine-tune's flags (dry runs)
-# a subset, for a later device call: PRETRAIN="infini" RUNGS='x16|lr' FINALS=0 RECALL=0 COMPILE=1
+# a subset, for a later run: PRETRAIN="infini" RUNGS='x16|lr' FINALS=0 RECALL=0 COMPILE=1
 PRETRAIN=${PRETRAIN:-infini local full}; RUNGS=${RUNGS:-'^infini_(rows2k|mem|mem_[a-z0-9]+|mem_x4_lr3e-3)$'}
 FINALS=${FINALS:-1}; RECALL=${RECALL:-1}
 say() { echo "[$(date +%H:%M:%S)] $*"; }
@@ -53,8 +55,8 @@ for a in $PRETRAIN; do say "pretrained $a: $(grep -h 'val_loss' $RUNS/pretrain_$
 [ -f $RUNS/infini/ckpt.pt ] || { say "no pretrained infini checkpoint: stop"; exit 1; }
 
 # alongside the rungs, on the same GPU (not beside the pretraining: three compiled pretrainings and four
-# recall runs overflowed the H100's 80 GB in the first call): the recall rows the first
-# sweep's device time did not reach (v2 curriculum): linear at 4/16/64 pairs, head dim 128, and local with the curriculum
+# recall runs overflowed the H100's 80 GB in the first start): the recall rows the first
+# sweep did not reach before its time limit (v2 curriculum): linear at 4/16/64 pairs, head dim 128, and local with the curriculum
 [ $RECALL = 1 ] && ( ONLY='update=linear --curriculum=2,4,8 --n_pairs|n_embd|local --curriculum' RES=$P/res/recall \
   PAR=3 LIMIT=1300 bash results/recall_sweep.sh > $P/recall.txt 2>&1; say "recall: $(grep -c acc $P/recall.txt) rows" ) &
 
@@ -66,7 +68,7 @@ declare -A RUNG=(
   [infini_mem_answer]="$M --loss_on=answer"
   [infini_mem_gates]="$M --gate=sigmoid --beta_lr=1e-2"     # gates that can leave saturation
   [infini_mem_curric]="--pack=0 --needle=memory --seq_len=8192 --batch_size=2 --curriculum=2048,4096"
-  # the second call (the first's x4 moved val_loss most): more answers a step again, or a higher LR
+  # the second machine's run (the first's x4 moved val_loss most): more answers a step again, or a higher LR
   [infini_mem_x16]="$M --grad_accum=64"                     # 256 answers a step, as many as recall.py's
   [infini_mem_x4_lr3e-3]="$M --grad_accum=16 --lr=3e-3 --min_lr=3e-4"
   # not run yet: 16x for 1000 steps (round 2 reached the guess level first with 16x; recall.py's loss, too, sat

@@ -8,26 +8,27 @@
 # --needle=memory): the segment, set by finetune.py --segment (RoPE is relative; local attention just sees
 # less), 128 or 256, rows of 2 segments, the same 256 answers a step.
 #
-#   setsid nohup bash results/memory_pipeline3.sh > /tmp/pipe/log.txt 2>&1 &     # in a device call
-#   then, in that call and the next ones (back to back: an idle machine goes back within a minute):
-#   tar czf $OUT/memory.tgz -C /tmp/pipe res log.txt; tail /tmp/pipe/log.txt
+#   setsid nohup bash results/memory_pipeline3.sh > /tmp/pipe/log.txt 2>&1 &     # in the background
+#   then, from later commands (ours were limited to 10 minutes each, and the GPU machine was released after
+#   about a minute without one, so they followed each other closely), to follow it and collect the results:
+#   tail /tmp/pipe/log.txt; tar czf <folder>/memory.tgz -C /tmp/pipe res log.txt
 #
 # part 1 (no PART): pretrain infini and local exactly as reproduce_small.sh does (side by side); rungs on
 #   infini, passkey at 2K/4K/16K at the rung's own segment and at 1024 (passkey.py --segment): s128 (segment
 #   128, rows of 256), s256 (256, rows of 512), s128_1k (s128, 1000 steps); then s128_1024 (s128's model
 #   fine-tuned at 1024, rows of 2048, 64 answers a step). Ran on machine 1; s128_1024 was lost with the
-#   machine mid-run (a pkill in a later device call matched the call's own command line; never put a pattern
-#   in a device command that its own text matches).
+#   machine mid-run (a `pkill -f` in a later command matched that command's own command line; never give
+#   pkill -f a pattern that the command running it contains).
 # part 2 (PRETRAIN=infini PART=count LENGTHS="1024 2048 4096 16384"): on a second machine, after part 1 had
 #   shown retrieval learnt at 2 segments of 128 but 0 % at 16+: pretrain infini, then count and count32 below.
 # part 3 (PART=final, the same machine, right after part 2): the full sweep 1K-32K of count's model at
 #   segment 128 and read at 1024; pretrain local; count's recipe on local and on local -> infini, each with
-#   the full sweep (the local -> infini sweep was cut by the session's device time: its val_loss is logged).
-# part 4 (PART=next, the next session, a third machine, 18:03-18:21 in pipeline_next_log.txt: pretraining
+#   the full sweep (the local -> infini sweep was cut when our GPU time ran out: its val_loss is logged).
+# part 4 (PART=next, later, on a third machine, 18:03-18:21 in pipeline_next_log.txt: pretraining
 #   8.4 min, then the three fine-tunes side by side, 6-9.5 min each with their sweeps): see its comment.
-# part 5 (PART=seed FINAL_LENGTHS="2048 4096 8192 16384", the same session, a fourth machine, 18:44-18:56 in
+# part 5 (PART=seed FINAL_LENGTHS="2048 4096 8192 16384", right after part 4, on a fourth machine, 18:44-18:56 in
 #   pipeline_seed_log.txt): part 4's --needle_last=0.25 rung again with fine-tuning seed 1.
-# The script was tidied after the runs (part 3 was an inline device command, the same steps; the logs'
+# The script was tidied after the runs (part 3 was run as a one-off command line, the same steps; the logs'
 # passkey summaries then printed only the first three lengths of each table); every rung's flags are those
 # recorded in the "args" row of its finetune_*.jsonl. The figures:
 #   cd results/small/ladder3 && python ../../../plots.py passkey --json passkey_r3_infini_seg128_finetuned.json \
@@ -45,7 +46,7 @@ set -uo pipefail
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 P=$(realpath -m "${PIPE:-/tmp/pipe}")
 mkdir -p $P/res/ladder3
-R=$P/repo.$$                                           # a snapshot per start: later device calls re-sync the tree
+R=$P/repo.$$                                           # a snapshot per start: changes to the working tree meanwhile cannot reach the run
 cp -r "$SRC" $R && cd $R || exit 1
 export RUNS=$P/runs PYTHONUNBUFFERED=1 COMPILE=${COMPILE:-1}
 [ -d .carry/tiktoken_cache ] && export TIKTOKEN_CACHE_DIR=$PWD/.carry/tiktoken_cache

@@ -2,12 +2,13 @@
 # The recall experiment of the README ("Does the memory remember?"): recall.py variants on one GPU,
 # four at a time (each is a 2-layer model, launch-bound: the GPU has room for several).
 #
-#   RES=$OUT bash results/recall_sweep.sh          # device call: writes $RES/recall_<gpu>.json + log
-#   ONLY='linear|n_embd' RES=$OUT bash results/recall_sweep.sh   # a subset (the whole list took ~15 min at
+#   RES=<folder> bash results/recall_sweep.sh      # on a GPU: writes <folder>/recall_<gpu>.json + log
+#   ONLY='linear|n_embd' RES=<folder> bash results/recall_sweep.sh   # a subset (the whole list took ~15 min at
 #                                                  # 6 at a time on an H100: ~4.7 min a variant; split it)
 #   python plots.py recall --json results/recall_h100.json --out results/recall_h100.png   # (v1: recall_h100_v1.png)
-# The committed runs: recall_h100_v1.json: `RES=$OUT PAR=4 bash results/recall_sweep.sh` with the v1 curriculum
-# (32 sequences a step at every stage); recall_h100.json: `RES=$OUT PAR=6 LIMIT=500 bash results/recall_sweep.sh`,
+# The committed runs (one H100; <folder>: the folder the results were written to):
+# recall_h100_v1.json: `RES=<folder> PAR=4 bash results/recall_sweep.sh` with the v1 curriculum
+# (32 sequences a step at every stage); recall_h100.json: `RES=<folder> PAR=6 LIMIT=500 bash results/recall_sweep.sh`,
 # cut by its limit after 7 of 18 variants (infini on memory_fast, then model.py's default). Its last 8 rows (linear at 4/16/64
 # pairs, head dim 128, local + curriculum) ran inside results/memory_pipeline2.sh (ONLY=..., PAR=3 there; PAR=4
 # when they ran), on model.py's default path, and were appended.
@@ -18,7 +19,7 @@
 # results/recall_h100_v1.json: the first sweep, whose curriculum kept 32 sequences a step at every stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RES=${RES:-results}
+RES=${RES:-out/recall_sweep}      # the committed results/ rows were written with RES=results
 PAR=${PAR:-6}
 STEPS=${STEPS:-1500}
 EXTRA=${EXTRA:-}                # e.g. "--device=cpu --batch_size=2 --eval_rows=4" for a dry run
