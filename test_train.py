@@ -18,7 +18,7 @@ import torch
 
 import prepare_fineweb
 import train
-from model import Llama, LlamaConfig
+from model import Llama, LlamaConfig, make_config
 from prepare_fineweb import load_shard, write_shard
 
 REPO = os.path.dirname(os.path.abspath(__file__))
@@ -238,6 +238,15 @@ def test_resume_is_exact(shards, tmp_path):
     assert losses(split) == losses(full) and len(losses(full)) == 6
     assert [r["step"] for r in rows(split)] == list(range(6))  # the log reads as one run
     assert rows(split, "val_loss")[-1]["val_loss"] == rows(full, "val_loss")[-1]["val_loss"]
+
+
+def test_segment_defaults_to_the_preset(shards, tmp_path):
+    # --segment defaulted to 1024 whatever the preset: `--model=tiny --seq_len=64` failed ("a multiple of --segment
+    # (1024)"); now tiny's 16, and 300m's 1024 as before
+    out = str(tmp_path / "o")
+    train.main([a for a in tiny_args(shards, out, "--steps=1") if not a.startswith("--segment")])
+    assert train.load_checkpoint(out)["config"]["segment"] == 16
+    assert train.get_parser().parse_args([]).segment is None and make_config("300m").segment == 1024
 
 
 def test_resume_mid_log_row_is_exact(shards, tmp_path):

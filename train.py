@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import Llama, compile_model, make_config
+from model import PRESETS, Llama, compile_model, make_config
 from prepare_fineweb import HelpFormatter, find_shards, load_shard
 
 # -----------------------------------------------------------------------------
@@ -108,7 +108,8 @@ def get_parser(description=__doc__, model_from=None):
       "spec): the same function, a code path and not part of the model (so not taken from a checkpoint); on an "
       "H200 fast had 1-8%% more tokens/s (against local attention in each run) and 9-23%% less peak memory "
       "(results/bench_v4_h200, bench_v5_h200)")
-    a("--segment", type=int, default=d(1024), help="segment length N for infini/local" + note)
+    a("--segment", type=int, default=None, help="segment length N for infini/local" +
+      (note if model_from else " (default: the preset's, 1024; tiny: 16)"))
     # data and batch
     a("--data_dir", default="data/fineweb10B", help="folder of *_train_*.bin / *_val_*.bin shards (prepare_fineweb.py)")
     a("--seq_len", type=int, default=8192, help="tokens per training sequence (a multiple of --segment)")
@@ -661,6 +662,8 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.segment is None:  # the preset's (an unknown preset is reported by build_config below)
+        args.segment = make_config(args.model if args.model in PRESETS else "300m").segment
     check_args(args)
     if args.eval_tokens < args.seq_len:
         raise SystemExit(f"error: --eval_tokens ({args.eval_tokens}) must be at least --seq_len ({args.seq_len}): "
