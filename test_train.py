@@ -420,8 +420,9 @@ def test_resume_refuses_changed_flags(shards, tmp_path, capsys):
             train.main(tiny_args(shards, out, "--resume=1", *extra))
         assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert open(os.path.join(out, "log.jsonl")).read() == log  # nothing touched
-    # operational flags may change; a finished run says so and touches nothing
-    train.main(tiny_args(shards, out, "--resume=1", "--log_every=2", "--ckpt_every=4", "--halt_at=5"))
+    # operational flags may change, and a path may be written another way; a finished run says so, touches nothing
+    train.main(tiny_args(shards, out, "--resume=1", "--log_every=2", "--ckpt_every=4", "--halt_at=5",
+                         f"--data_dir={shards}{os.sep}.{os.sep}"))
     train.main(tiny_args(shards, out, "--resume=1"))
     log = open(os.path.join(out, "log.jsonl")).read()
     capsys.readouterr()

@@ -204,10 +204,12 @@ RESUME_MAY_CHANGE = {"out_dir", "resume", "overwrite", "halt_at", "log_every", "
 def resume_diff(saved, args):
     """'--flag=new (saved: old)' for each run-defining flag that differs from a checkpoint's saved args. Not
     compared: a flag the checkpoint does not know (added since), or one left at None (finetune.py: --init and
-    the model flags, which then come from the checkpoint)."""
+    the model flags, which then come from the checkpoint). Paths are compared normalised (./data = data/)."""
     new = vars(args)
+    same = lambda k: new[k] == saved[k] or (k in ("data_dir", "init") and isinstance(saved[k], str)
+                                            and os.path.normpath(new[k]) == os.path.normpath(saved[k]))
     return ", ".join(f"--{k}={new[k]} (saved: {saved[k]})" for k in sorted(set(saved) & set(new))
-                     if k not in RESUME_MAY_CHANGE and new[k] is not None and new[k] != saved[k])
+                     if k not in RESUME_MAY_CHANGE and new[k] is not None and not same(k))
 
 
 def config_diff(saved, cfg):
