@@ -1,5 +1,5 @@
-"""Tests for passkey.py and plots.py, and prepare_fineweb.py's checks of its flags and clean-up after a bad input
-(its other tests are in test_train.py). CPU only, no network. Run: python -m pytest -q test_eval.py
+"""Tests for passkey.py and plots.py, and that every command in the README parses (prepare_fineweb.py's tests are in
+test_prepare.py). CPU only, no network. Run: python -m pytest -q test_eval.py
 
 The GPT-2 tokenizer is read offline from $INFINI_SHARED/data/tiktoken_cache (default ../shared);
 tests that need it are skipped, saying so, when that file is missing.
@@ -433,54 +433,6 @@ def test_plots_bad_out_and_missing_inputs_one_line(tmp_path):
             plots.main(cmd + [missing, "--out", str(tmp_path / "x.png")])
         assert str(e.value) == f"error: {cmd[1]} {missing} does not exist", str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # no figure, no .tmp, no folder
-
-# -----------------------------------------------------------------------------
-# prepare_fineweb.py: flags, and what a run stopped by a bad input leaves (nothing of its own)
-
-def test_prepare_bad_flags_one_line(tmp_path, monkeypatch, capsys):
-    import prepare_fineweb
-    monkeypatch.setattr(prepare_fineweb, "hub_texts", lambda *a: pytest.fail("fell back to the Hugging Face Hub"))
-    src, file = tmp_path / "a.txt", tmp_path / "notes.md"
-    src.write_text("some text")
-    file.write_text("a file")
-    good = ["--input", str(src), "--out_dir", str(tmp_path / "o")]
-    for extra, expect in [(["--out_dir", str(file)], f"--out_dir {file} is a file, not a folder"),
-                          (["--out_dir", str(file / "x")], f"cannot be made: {file} is a file"),
-                          (["--workers=0"], "--workers must be at least 1, got 0"),
-                          (["--workers=-2"], "--workers must be at least 1, got -2")]:
-        with pytest.raises(SystemExit) as e:
-            prepare_fineweb.main(good + extra)
-        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), e.value
-    with pytest.raises(SystemExit) as e:                        # --input with no value: refused, not the Hub
-        prepare_fineweb.main(["--input", "--out_dir", str(tmp_path / "o")])
-    assert e.value.code == 2 and "--input: expected at least one argument" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "notes.md"]
-
-
-def test_prepare_bad_input_removes_what_it_created(enc, tmp_path, monkeypatch):
-    import prepare_fineweb
-    written = []
-    real = prepare_fineweb.write_shard
-    monkeypatch.setattr(prepare_fineweb, "write_shard", lambda path, toks: written.append(path) or real(path, toks))
-    bad_jsonl, bad_parquet, empty = tmp_path / "bad.jsonl", tmp_path / "bad.parquet", tmp_path / "empty.jsonl"
-    bad_jsonl.write_text('{"text": "hello world"}\n{"text": "more words"}\n{"body": "no text field"}\n')
-    bad_parquet.write_bytes(b"not a parquet file")
-    empty.write_text("")
-    theirs = tmp_path / "theirs"
-    theirs.mkdir()
-    (theirs / "notes.txt").write_text("someone else's")
-    for src, out_dir, workers, expect in [(bad_jsonl, tmp_path / "new" / "deep", 1, "line 3 is not a JSON object"),
-                                          (bad_jsonl, theirs, 1, "line 3 is not a JSON object"),
-                                          (bad_parquet, tmp_path / "new", 2, "is not a readable parquet file"),
-                                          (empty, tmp_path / "new", 1, "holds no text")]:
-        written.clear()
-        with pytest.raises(SystemExit, match=expect):
-            prepare_fineweb.main(["--input", str(src), "--out_dir", str(out_dir), "--val_tokens=2",
-                                  f"--workers={workers}"])
-        assert written or src != bad_jsonl                      # (the validation shard was written before the error)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "bad.parquet", "empty.jsonl", "theirs"]
-    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
-
 
 def test_readme_commands_parse():
     # every `python X.py ...` line of the README's bash blocks is a command its script's parser accepts (a renamed

@@ -1,5 +1,5 @@
 """
-CPU tests for prepare_fineweb.py, train.py and finetune.py (no network, no GPU): python -m pytest -q test_train.py
+CPU tests for train.py and finetune.py (no network, no GPU): python -m pytest -q test_train.py
 
 Tokenizer tests need the GPT-2 BPE file in $INFINI_SHARED/data/tiktoken_cache (default ../shared); they are
 skipped without it. Training tests use the tiny model on synthetic shards with a 64-token vocabulary.
@@ -72,112 +72,6 @@ def shards(tmp_path_factory):
     write_shard(str(d / "syn_train_000001.bin"), toks[4000:20000])
     write_shard(str(d / "syn_train_000002.bin"), toks[20000:])
     return str(d)
-
-# -----------------------------------------------------------------------------
-# prepare_fineweb.py
-
-DOCS = ["Hello world. This is the first document.", "Zweites Dokument: ünïcödé and emoji \U0001F600.",
-        "A third one, with a fake special token <|endoftext|> inside the text.", "short", "x" * 300]
-
-
-@needs_tokenizer
-@pytest.mark.parametrize("fmt,workers", [("jsonl", 1), ("parquet", 2)])
-def test_prepare_roundtrip(tmp_path, monkeypatch, fmt, workers):
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
-    src = tmp_path / f"docs.{fmt}"
-    if fmt == "jsonl":
-        src.write_text("".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(DOCS)))
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-        pq.write_table(pa.table({"text": DOCS, "id": list(range(len(DOCS)))}), str(src), row_group_size=2)
-    out = str(tmp_path / "shards")
-    argv = ["--input", str(src), "--out_dir", out, "--val_tokens=20", "--shard_size=50", f"--workers={workers}"]
-    prepare_fineweb.main(argv)
-    val, tr = prepare_fineweb.find_shards(out, "val"), prepare_fineweb.find_shards(out, "train")
-    assert [os.path.basename(p) for p in val] == ["fineweb_val_000000.bin"]
-    assert os.path.basename(tr[0]) == "fineweb_train_000001.bin"
-    parts = [load_shard(p) for p in val + tr]
-    assert len(parts[0]) == 20 and all(len(p) == 50 for p in parts[1:-1]) and 0 < len(parts[-1]) <= 50
-    toks = np.concatenate(parts)
-    enc = prepare_fineweb.gpt2_encoding()
-    # encode_ordinary: the literal "<|endoftext|>" inside a document is text, not token 50256
-    assert (toks == 50256).sum() == len(DOCS)
-    assert enc.decode(toks.tolist()) == "".join(t + "<|endoftext|>" for t in DOCS)
-    # existing shards are kept unless --force; --force rewrites them identically (no stale shards left)
-    with pytest.raises(SystemExit, match="--force"):
-        prepare_fineweb.main(argv)
-    prepare_fineweb.main(argv + ["--force=1", "--max_tokens=30"])
-    again = prepare_fineweb.find_shards(out, "val") + prepare_fineweb.find_shards(out, "train")
-    assert np.array_equal(np.concatenate([load_shard(p) for p in again]), toks[:30])
-    assert len(prepare_fineweb.find_shards(out, "train")) == 1
-
-
-def test_prepare_bad_input_one_line(tmp_path):
-    r = run("prepare_fineweb.py", "--input", str(tmp_path / "nothing*.parquet"), "--out_dir", str(tmp_path / "o"))
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "matches no file" in r.stderr
-
-
-@needs_tokenizer
-def test_prepare_small_empty_and_unreadable_inputs(tmp_path, monkeypatch):
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
-    src = tmp_path / "docs.jsonl"
-    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in DOCS * 10))
-    out = str(tmp_path / "small")
-    # a --max_tokens below the 4.19M default of --val_tokens still gets training data: val = 10% of it
-    prepare_fineweb.main(["--input", str(src), "--out_dir", out, "--max_tokens=500", "--workers=1"])
-    val, tr = prepare_fineweb.find_shards(out, "val"), prepare_fineweb.find_shards(out, "train")
-    assert len(load_shard(val[0])) == 50 and sum(len(load_shard(p)) for p in tr) == 450
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    with pytest.raises(SystemExit, match="no text") as e:
-        prepare_fineweb.main(["--input", str(empty), "--out_dir", str(tmp_path / "e"), "--workers=1"])
-    assert "\n" not in str(e.value)
-    bad = tmp_path / "bad.parquet"
-    bad.write_bytes(b"")
-    with pytest.raises(SystemExit, match="bad.parquet is not a readable parquet file") as e:
-        prepare_fineweb.main(["--input", str(bad), "--out_dir", str(tmp_path / "b"), "--workers=1"])
-    assert "\n" not in str(e.value)
-
-
-@needs_tokenizer
-def test_prepare_validation_comes_from_the_first_input(tmp_path, monkeypatch, capsys):
-    # several inputs are read in the order given, so the validation shard is the first input's text, and
-    # the run says which order that was (README: Wikipedia first, as results/reproduce_small.sh has it)
-    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
-    enc = prepare_fineweb.gpt2_encoding()
-    a, b = tmp_path / "b_first.jsonl", tmp_path / "a_second.jsonl"
-    a.write_text("".join(json.dumps({"text": "alpha " * 20}) + "\n" for _ in range(5)))
-    b.write_text("".join(json.dumps({"text": "omega " * 20}) + "\n" for _ in range(45)))
-    out = str(tmp_path / "o")
-    prepare_fineweb.main(["--input", str(a), str(b), "--out_dir", out, "--val_tokens=40", "--workers=1"])
-    assert "validation: the first 40 tokens of 2 inputs read in this order: b_first.jsonl, a_second.jsonl" \
-        in capsys.readouterr().out
-    val = load_shard(prepare_fineweb.find_shards(out, "val")[0])
-    assert enc.decode(list(val)).strip().startswith("alpha") and "omega" not in enc.decode(list(val))
-
-
-def test_shard_header_validation(tmp_path):
-    good = str(tmp_path / "a_train_000001.bin")
-    toks = np.arange(1000, dtype=np.uint16) * 50
-    write_shard(good, toks)
-    assert np.array_equal(load_shard(good), toks)
-    hdr = np.fromfile(good, dtype=np.int32, count=256)
-    assert list(hdr[:3]) == [20240520, 1, 1000] and not hdr[3:].any()
-    raw = open(good, "rb").read()
-    bad_magic = str(tmp_path / "bad_magic.bin")
-    open(bad_magic, "wb").write(b"\0\0\0\0" + raw[4:])
-    with pytest.raises(SystemExit, match="bad_magic.bin.*not a token shard"):
-        load_shard(bad_magic)
-    short = str(tmp_path / "short.bin")
-    open(short, "wb").write(raw[:-2])
-    with pytest.raises(SystemExit, match="short.bin.*truncated"):
-        load_shard(short)
-    tiny = str(tmp_path / "tiny.bin")
-    open(tiny, "wb").write(raw[:100])
-    with pytest.raises(SystemExit, match="tiny.bin"):
-        load_shard(tiny)
 
 # -----------------------------------------------------------------------------
 # the loader and the schedule
@@ -529,20 +423,6 @@ def test_bad_segment_and_short_finetune_rows_one_line(pretrained, tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "error: --segment must be a positive integer" in r.stderr
     r = run("finetune.py", f"--init={pretrained[0]}", "--device=cpu", "--seq_len=64", f"--out_dir={tmp_path}/f")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "error: --seq_len (64) must be at least 100" in r.stderr
-
-
-def test_tokenizer_error_names_a_wrong_cache_dir(tmp_path):
-    code = "import prepare_fineweb; prepare_fineweb.gpt2_encoding()"
-    for cache, says in [(tmp_path / "nowhere", "is not a folder"), (tmp_path, "holds no file")]:
-        env = {**ENV, "TIKTOKEN_CACHE_DIR": str(cache)}
-        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-        assert r.returncode != 0 and "Traceback" not in r.stderr and says in r.stderr, r.stderr
-    # prepare_fineweb.py stops there too, and leaves no empty --out_dir behind
-    (tmp_path / "a.txt").write_text("some text")
-    r = subprocess.run([sys.executable, "prepare_fineweb.py", "--input", str(tmp_path / "a.txt"), "--out_dir",
-                        str(tmp_path / "shards")], cwd=REPO, env={**ENV, "TIKTOKEN_CACHE_DIR": str(tmp_path / "nowhere")},
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode != 0 and "is not a folder" in r.stderr and not (tmp_path / "shards").exists(), r.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
