@@ -223,8 +223,6 @@ def main(argv=None):
         return torch.from_numpy(x), torch.from_numpy(y)
 
     t0 = time.time()
-    ckpt = os.path.join(args.out_dir, "ckpt.pt")
-    finished = args.resume and os.path.isfile(ckpt) and train.load_checkpoint(ckpt).get("step") == args.steps
     train.train(targs, cfg, model, ctx, next_batch, init_note=f"recall, {args.n_pairs} pair(s), "
                 f"{args.segments} segments of {args.segment}, curriculum {args.curriculum or 'none'}")
     autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
@@ -238,7 +236,7 @@ def main(argv=None):
                lr=args.lr, batch_size=args.batch_size, seed=args.seed, seconds=round(time.time() - t0, 1),
                gates=model.gates().tolist() if model.gates() is not None else None, device=device_name(args.device))
     same = lambda r: {k: v for k, v in r.items() if k != "seconds"} == {k: v for k, v in row.items() if k != "seconds"}
-    if finished and any(same(r) for r in read_rows(args.out)):   # a resumed finished run: its row is there already
+    if any(same(r) for r in read_rows(args.out)):   # e.g. a finished run resumed: its row is there already
         print(f"{name}: acc {acc:.3f}; {args.out} already holds this run's row: nothing appended")
         return
     append_row(args.out, row)

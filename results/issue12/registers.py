@@ -1,7 +1,8 @@
 """Registers and spill of each memory kernel at its KERNEL_CFG, compiled for an H100 / H200 (sm_90) without a GPU:
 Triton compiles offline and its bundled cuobjdump reads the cubin's resource usage. The launch is specialised as
 the JIT specialises the 300m layer's (pointers 16-aligned; strides, N and PER multiples of 16), else nothing is
-vectorised or pipelined and the counts mean nothing. CPU only.   python results/issue12/registers.py [path/to/another/kernels.py]"""
+vectorised or pipelined and the counts mean nothing. CPU only.
+    python results/issue12/registers.py [path/to/another/kernels.py] [--layouts]"""
 import os
 import re
 import subprocess
@@ -27,13 +28,16 @@ KERNELS = {  # KERNEL_CFG key: (kernel name, constexprs of its own)
 }
 
 
-def usage(fn, pointers, consts, warps, stages):
-    """(registers a thread, spill stack bytes, shared memory bytes) of fn compiled for sm_90."""
+def usage(fn, pointers, consts, warps, stages, layouts=False):
+    """(registers a thread, spill stack bytes, shared memory bytes) of fn compiled for sm_90; layouts: also print
+    the TTGIR's tensor layouts (which warps hold which rows and columns of a tile and of a dot's result)."""
     sig = {n: "constexpr" if n in consts else pointers.get(n, "*bf16" if n in BF16 else "*fp32" if n in F32 else "i32")
            for n in fn.arg_names}
     div = [i for i, (n, t) in enumerate(sig.items()) if t.startswith("*") or (t == "i32" and n not in ("S", "H", "NC", "NJ"))]
     src = ASTSource(fn, sig, constexprs=consts, attrs={(i,): [["tt.divisibility", 16]] for i in div})
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    if layouts:
+        print("\n".join(l for l in c.asm["ttgir"].splitlines() if re.match(r"#(blocked|mma)\d* =", l)))
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(c.asm["cubin"])
         f.flush()
@@ -42,6 +46,8 @@ def usage(fn, pointers, consts, warps, stages):
 
 
 if __name__ == "__main__":
+    layouts = "--layouts" in sys.argv     # also the TTGIR's layouts (registers_layouts.txt: the read backward's)
+    sys.argv = [a for a in sys.argv if a != "--layouts"]
     if sys.argv[1:]:                 # another kernels.py, e.g. kernels_before.py (git show 89270e6:kernels.py)
         sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
         K = __import__(os.path.splitext(os.path.basename(sys.argv[1]))[0])
@@ -53,5 +59,7 @@ if __name__ == "__main__":
         if "BC" in fn.arg_names:
             consts["BC"] = min(per, 128)
         old_gdm = "NC" not in fn.arg_names and "NJ" not in fn.arg_names           # (the kernels before 724723f)
-        regs, stack, smem = usage(fn, {"GDM": "*fp32"} if old_gdm else {}, consts, warps, stages)
+        if layouts:
+            print(f"{name}:")
+        regs, stack, smem = usage(fn, {"GDM": "*fp32"} if old_gdm else {}, consts, warps, stages, layouts)
         print(f"{name:16s} {cfg}: {regs} registers, {stack} bytes spill stack, {smem} bytes shared")
