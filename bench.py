@@ -20,7 +20,6 @@ no Triton kernel: its PyTorch autograd Functions and the delta rule's scan as a 
 means plain here. check and stream run plain and fast. In train and layer
 modes a variant that fails (e.g. to compile) is recorded with its error and the run goes on.
 """
-import argparse
 import gc
 import json
 import logging
@@ -401,8 +400,8 @@ def layer_one(args, T, variant):
 
 
 def get_parser():
-    from prepare_fineweb import HelpFormatter
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
+    from prepare_fineweb import ArgumentParser
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--mode", default="check,train,stream", help="comma-separated: check, train, stream, layer")
     p.add_argument("--model", default="300m", help="size preset (model.py)")
     p.add_argument("--segment", type=int, default=1024, help="segment length of local / infini")

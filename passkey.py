@@ -14,7 +14,6 @@ decoding, correct if the key appears anywhere in the generated text; an exact-ma
 Infini and local models read the prompt in streaming mode (chunks of whole segments, memory carried
 between calls), so GPU memory stays flat in the prompt length; full attention reads it in one call.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -265,8 +264,8 @@ def format_table(result, key="accuracy"):
 
 
 def get_parser():
-    from prepare_fineweb import HelpFormatter
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter, allow_abbrev=False)
+    from prepare_fineweb import ArgumentParser
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", help="checkpoint written by train.py / finetune.py")
     p.add_argument("--random_init", type=int, nargs="?", const=1, default=0, choices=(0, 1),
                    help="1 (or the bare flag): no checkpoint, a random model (smoke test)")

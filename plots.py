@@ -10,7 +10,6 @@ log.jsonl rows: training rows {"step", "loss", "gates": [[g per head] per layer]
 {"step", "val_loss", ...}; other rows are ignored. The gate g is the memory's weight in eq. 10 of P2:
 A = g * A_mem + (1 - g) * A_dot, so g = 1 is a pure memory head and g = 0 a pure local head.
 """
-import argparse
 import json
 import os
 
@@ -254,32 +253,31 @@ def save(fig, out):
 # -----------------------------------------------------------------------------
 
 def get_parser():
-    from prepare_fineweb import HelpFormatter
-    kw = dict(formatter_class=HelpFormatter, allow_abbrev=False)   # defaults in --help; no prefix matching
-    p = argparse.ArgumentParser(description="Figures for infini-llama runs (PNG).", **kw)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("gates", help="gate heatmap layer x head + per-layer mean", **kw)
+    from prepare_fineweb import ArgumentParser
+    p = ArgumentParser(description="Figures for infini-llama runs (PNG).")
+    sub = p.add_subparsers(dest="cmd", required=True)             # (its parsers are ArgumentParsers too)
+    s = sub.add_parser("gates", help="gate heatmap layer x head + per-layer mean")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint (.pt)")
     src.add_argument("--log", help="log.jsonl (its last row with gates)")
     s.add_argument("--out", default="out/gates.png", help="PNG to write")
-    s = sub.add_parser("gate_trend", help="per-layer mean gate over training steps", **kw)
+    s = sub.add_parser("gate_trend", help="per-layer mean gate over training steps")
     s.add_argument("--log", required=True, help="train.py's log.jsonl")
     s.add_argument("--out", default="out/gate_trend.png", help="PNG to write")
-    s = sub.add_parser("loss", help="train / val loss of several runs", **kw)
+    s = sub.add_parser("loss", help="train / val loss of several runs")
     s.add_argument("--logs", nargs="+", required=True, help="log.jsonl files")
     s.add_argument("--labels", nargs="+", help="one name per log (default: the log's folder)")
     s.add_argument("--out", default="out/loss.png", help="PNG to write")
-    s = sub.add_parser("passkey", help="passkey accuracy heatmaps, difference, accuracy vs compressions", **kw)
+    s = sub.add_parser("passkey", help="passkey accuracy heatmaps, difference, accuracy vs compressions")
     s.add_argument("--json", nargs="+", required=True, help="passkey.py results")
     s.add_argument("--labels", nargs="+", help="one name per result (default: the file's folder)")
     s.add_argument("--metric", default="accuracy", choices=["accuracy", "exact"], help="which score to plot")
     s.add_argument("--out", default="out/passkey.png", help="PNG to write")
-    s = sub.add_parser("recall", help="recall.py: accuracy vs distance and vs number of pairs", **kw)
+    s = sub.add_parser("recall", help="recall.py: accuracy vs distance and vs number of pairs")
     s.add_argument("--json", nargs="+", required=True, help="recall.py's JSON lists of rows (rows of the second "
                    "file on are labelled with its name)")
     s.add_argument("--out", default="out/recall.png", help="PNG to write")
-    s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length", **kw)
+    s = sub.add_parser("streaming", help="bench.py --mode=stream: peak memory and prefill speed vs length")
     s.add_argument("--json", required=True, help="bench.py's streaming JSON")
     s.add_argument("--out", default="out/streaming.png", help="PNG to write")
     for s in sub.choices.values():

@@ -32,7 +32,22 @@ HUB_TOKENS = 10_000_000_000  # sample-10BT is ~10B GPT-2 tokens: the progress ba
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's line breaks and show every flag's default in --help (every script uses it)."""
+    """Keep the docstring's line breaks and show every flag's default in --help, unless its help names it already."""
+
+    def _get_help_string(self, action):
+        return action.help if "default" in (action.help or "") else super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Every script's parser: HelpFormatter, no prefix matching (--step is an error, not --steps), and a bad flag
+    answered with one line and exit 2, not the whole usage block (--help has it)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, allow_abbrev=False, **kw)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def check_out_file(path, flag="--out"):
@@ -209,7 +224,7 @@ def tokenize(text):
 # -----------------------------------------------------------------------------
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--input", nargs="+", default=None, help="local .parquet/.jsonl/.txt files or globs with a 'text' "
                    "column/field (quote globs); default: stream --dataset from the Hub")
     p.add_argument("--dataset", default="HuggingFaceFW/fineweb", help="Hub dataset (streamed) when no --input")

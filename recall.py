@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 import train
-from prepare_fineweb import HelpFormatter, check_out_file, out_folder
-from model import Llama, make_config
+from prepare_fineweb import ArgumentParser, check_out_file, out_folder
+from model import Llama
 
 # -----------------------------------------------------------------------------
 # the task
@@ -101,7 +101,7 @@ def accuracy(model, args, device, autocast):
 
 def get_parser():
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(description=__doc__)
     a = p.add_argument
     # the model (model.py, unchanged)
     a("--attn", default="infini", choices=("infini", "local", "full"), help="attention")

@@ -5,6 +5,8 @@ Tokenizer tests need the GPT-2 BPE file in $INFINI_SHARED/data/tiktoken_cache (d
 skipped without it. Training tests use the tiny model on synthetic shards with a 64-token vocabulary.
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import signal
@@ -397,12 +399,18 @@ def test_help_shows_defaults_and_no_prefix_matching():
     top = plots.get_parser()
     parsers = [train.get_parser(), finetune.get_parser(), prepare_fineweb.get_parser(), passkey.get_parser(),
                bench.get_parser(), top, *top._subparsers._group_actions[0].choices.values()]
+    import recall
+    parsers.append(recall.get_parser())
     for p in parsers:
         assert p.allow_abbrev is False and issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), p.prog
-        for a in p._actions:  # a default is shown only for flags with help text
+        for a in p._actions:  # a default is shown only for flags with help text, and only once
             assert a.help or not a.option_strings, (p.prog, a.dest)
-    with pytest.raises(SystemExit):  # --step is not taken as --steps
-        train.get_parser().parse_args(["--step=10"])
+            shown = (p.formatter_class("x")._get_help_string(a) or "").replace("%(default)s", "")
+            assert shown.count("default") <= 1, (p.prog, a.dest, shown)
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as e, contextlib.redirect_stderr(err):  # --step is not taken as --steps
+            p.parse_args(["--step=10"])
+        assert e.value.code == 2 and err.getvalue().count("\n") == 1 and "error:" in err.getvalue(), err.getvalue()
 
 
 def test_laptop_finetune_line_is_the_same_in_readme_and_help():

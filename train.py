@@ -28,7 +28,6 @@ train rows {"step", "loss", "lr", "grad_norm", "tok_s", "mfu", "gates"} where lo
 since the previous row and gates[layer][head] is the memory weight; validation rows {"step", "val_loss"}.
 out_dir/ckpt.pt: see save_checkpoint / load_checkpoint; passkey.py and finetune.py read it.
 """
-import argparse
 import contextlib
 import dataclasses
 import gc
@@ -48,7 +47,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import PRESETS, Llama, compile_model, make_config
-from prepare_fineweb import HelpFormatter, find_shards, load_shard
+from prepare_fineweb import ArgumentParser, find_shards, load_shard
 
 # -----------------------------------------------------------------------------
 # checkpoint I/O, shared by train.py, finetune.py and passkey.py
@@ -94,7 +93,7 @@ def get_parser(description=__doc__, model_from=None):
     """The flags shared by train.py and finetune.py (finetune changes defaults and adds its own).
     model_from: a phrase like "the checkpoint": the model flags then default to None, meaning "from there"."""
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    p = ArgumentParser(description=description)
     a = p.add_argument
     # model (presets in model.py)
     d = (lambda v: v) if model_from is None else (lambda v: None)
