@@ -141,11 +141,25 @@ def get_parser(description=__doc__, model_from=None):
     return p
 
 
+POSITIVE = ("seq_len", "batch_size", "grad_accum", "steps", "lr", "log_every", "ckpt_every", "eval_tokens")
+AT_LEAST_0 = ("warmup", "beta_lr", "weight_decay", "grad_clip", "eval_every", "halt_at")   # (0: none, off or never)
+
+
+def check_numbers(args):
+    """The numeric flags' ranges, one line for the first that is out of it (train.py, finetune.py and recall.py:
+    each has some of them). NaN and inf are out of every range; a negative --beta_lr would ascend the gradient."""
+    for k in POSITIVE + AT_LEAST_0:
+        v = getattr(args, k, None)
+        if v is not None and not (math.isfinite(v) and (v > 0 if k in POSITIVE else v >= 0)):
+            raise SystemExit(f"error: --{k} must be {'positive' if k in POSITIVE else 'at least 0'}, got {v}")
+    if getattr(args, "min_lr", None) is not None and not 0 < args.min_lr <= args.lr:
+        raise SystemExit(f"error: --min_lr ({args.min_lr}) must be in (0, --lr ({args.lr})]")
+
+
 def check_args(args):
     """One line per mistake, before anything expensive starts."""
     world = int(os.environ.get("WORLD_SIZE", 1))
-    if min(args.seq_len, args.batch_size, args.grad_accum, args.steps, args.log_every, args.ckpt_every) <= 0:
-        raise SystemExit("error: --seq_len, --batch_size, --grad_accum, --steps, --log_every, --ckpt_every must be positive")
+    check_numbers(args)
     if args.grad_accum % world:
         raise SystemExit(f"error: --grad_accum ({args.grad_accum}) must be a multiple of the number of processes ({world}); "
                          f"e.g. --grad_accum={world} --batch_size={max(1, args.batch_size // world)}")
@@ -156,10 +170,6 @@ def check_args(args):
                          "accepts a short last segment, but the study's recipe trains on whole segments")
     if args.dtype not in ("bfloat16", "float32"):
         raise SystemExit(f"error: --dtype must be bfloat16 or float32, got {args.dtype!r}")
-    if not 0 < args.min_lr <= args.lr:
-        raise SystemExit(f"error: --min_lr ({args.min_lr}) must be in (0, --lr ({args.lr})]")
-    if args.eval_tokens <= 0:
-        raise SystemExit(f"error: --eval_tokens must be positive, got {args.eval_tokens}")
     check_device(args.device)
     check_out_dir(args)
 
