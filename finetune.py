@@ -181,6 +181,17 @@ def make_batch(rows, seq_len, sample, loss_on, min_len, pack=True):
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
+def checked_table(prompts, answers, what):
+    """The table's columns, if it has rows and every prompt and answer is a string (one line naming the first
+    that is not: a null or a number would fail deep inside the tokenizer, mid-run)."""
+    if not prompts:
+        raise SystemExit(f"error: {what} has no rows")
+    for i, row in enumerate(zip(prompts, answers)):
+        if not all(isinstance(v, str) for v in row):
+            raise SystemExit(f"error: row {i} of {what} has a prompt or answer that is not a string: {row!r:.80}")
+    return prompts, answers
+
+
 def load_table(args):
     """(prompts, answers) from --parquet or --hf_dataset (columns 'prompt' and 'answer')."""
     if args.parquet:
@@ -189,7 +200,7 @@ def load_table(args):
             t = pq.read_table(args.parquet, columns=["prompt", "answer"])
         except Exception as e:
             raise SystemExit(f"error: cannot read columns 'prompt', 'answer' of {args.parquet} ({type(e).__name__})")
-        return t.column("prompt").to_pylist(), t.column("answer").to_pylist()
+        return checked_table(t.column("prompt").to_pylist(), t.column("answer").to_pylist(), args.parquet)
     if not hub_reachable():
         raise SystemExit(f"error: cannot reach the Hugging Face Hub to load {args.hf_dataset}; offline, pass "
                          "--parquet=<local file with prompt/answer columns> or use the built-in generator")
@@ -233,8 +244,11 @@ def main(argv=None):
             raise SystemExit(f"error: --needle=memory needs rows of at least 2 segments ({2 * cfg.segment} tokens): "
                              "check --seq_len and --curriculum")
         past = cfg.segment
-    if not 0.0 <= args.needle_last < 1.0 or (args.needle_last and args.needle != "memory"):
-        raise SystemExit("error: --needle_last is a fraction in [0, 1), used with --needle=memory")
+    if not 0.0 <= args.needle_last < 1.0:
+        raise SystemExit(f"error: --needle_last is a fraction in [0, 1), got {args.needle_last}")
+    if args.needle_last and args.needle != "memory":
+        raise SystemExit("error: --needle_last needs --needle=memory (and --pack=0): it is the share of needles "
+                         "in the question's own segment")
     if args.device == "cpu" and args.batch_size * args.grad_accum * args.seq_len > 65536:   # flags all valid
         print(f"warning: {args.batch_size * args.grad_accum * args.seq_len:,} tokens a step take minutes per step on "
               "the CPU; for a quick CPU run use the laptop line of --help", file=sys.stderr, flush=True)
@@ -251,7 +265,12 @@ def main(argv=None):
             if not paths:
                 raise SystemExit(f"error: --filler=shards needs token shards in --data_dir ({args.data_dir}); "
                                  "run prepare_fineweb.py or pass --data_dir")
-            shards = [load_shard(p) for p in paths]
+            # a sample takes its filler from one shard: a shard shorter than a row (prepare_fineweb.py's last
+            # one can be any size) would fail at whichever step first drew it
+            shards = [s for s in (load_shard(p) for p in paths) if len(s) > 2 * args.seq_len]
+            if not shards:
+                raise SystemExit(f"error: --filler=shards needs a train shard of more than {2 * args.seq_len} tokens "
+                                 f"(2 x --seq_len) in {args.data_dir}; its shards are shorter")
         sample = needle_sampler(enc, filler_shards=shards, past_segment=past, last_frac=args.needle_last)
     # held-out samples: evaluation keys, loss on the answers only, always the same rows, the same haystack
     # and needle placement as training (--needle=memory: val_loss is then the loss of retrieval from memory)
@@ -287,8 +306,9 @@ def main(argv=None):
             new = [k for k in missing if not (converted and k.endswith("attn.beta"))]
             if new or unexpected:
                 raise SystemExit(f"error: {src_path} does not fit this model (missing {new[:3]}, unexpected {unexpected[:3]})")
+        init = (src.get("args") or {}).get("init") if args.resume else src_path     # (resumed: the run's own --init)
         del src
-        note = f"fine-tuning {src_path}" + (" (memory added: gates start at 0.5)" if converted else "")
+        note = f"fine-tuning {init}" + (" (memory added: gates start at 0.5)" if converted else "")
         train.train(args, cfg, model, ctx, next_batch, eval_batches, init_note=note)
     finally:
         train.teardown_distributed()

@@ -394,9 +394,11 @@ class Attention(nn.Module):
             return self.wo(y.transpose(1, 2).reshape(B, T, C)), None
 
         # cut the sequence into S segments of N tokens; a short last segment is zero-padded at its
-        # end, which cannot change any real token's output under a causal mask
-        N = self.cfg.segment
-        S, n_full = -(-T // N), T // N
+        # end, which cannot change any real token's output under a causal mask. A sequence shorter than
+        # one segment is that segment, unpadded (a 256-token prompt at --segment=100000 is not 100000 tokens)
+        N = min(self.cfg.segment, T)
+        S, n_full = -(-T // N), T // self.cfg.segment
+        cos, sin = cos[:N], sin[:N]
         if S * N != T:
             q, k, v = (F.pad(t, (0, 0, 0, 0, 0, S * N - T)) for t in (q, k, v))
         q, k, v = (t.view(B, S, N, H, D) for t in (q, k, v))

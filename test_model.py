@@ -458,6 +458,21 @@ def test_memory_precision_is_what_the_readme_says():
     assert "operands that accumulate in fp32" not in readme and "rounded to bf16 before it is cast to fp32" in readme
 
 
+@pytest.mark.parametrize("attn", ["infini", "local"])
+def test_prompt_shorter_than_a_segment_is_not_padded(attn, monkeypatch):
+    # a 7-token prompt at segment 4096 attends over 7 positions, not a zero-padded segment of 4096 (passkey.py with
+    # a long --segment ran for minutes on short lengths), and reads as at any segment longer than itself
+    shapes, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: shapes.append(q.shape) or sdpa(q, *a, **k))
+    torch.manual_seed(0)
+    long_seg = Llama(make_config("tiny", attn=attn, segment=4096)).double()
+    short_seg = Llama(make_config("tiny", attn=attn, segment=8)).double()
+    short_seg.load_state_dict(long_seg.state_dict())
+    idx = torch.randint(0, 100, (2, 7))
+    assert torch.allclose(long_seg(idx)[0], short_seg(idx)[0], atol=1e-12, rtol=0)
+    assert shapes and all(s[-2] == 7 for s in shapes), shapes
+
+
 def test_unaligned_chunk_cannot_be_continued():
     # a chunk that ends mid-segment returns the memory after its last complete segment; continuing from
     # it would misalign every later segment, so forward refuses it (one clear error, not wrong logits)

@@ -99,6 +99,10 @@ def test_loader_deterministic_and_split_across_ranks(shards):
     assert np.array_equal(d1.window(1), s1[L:2 * L + 1]) and d1.n == (16000 - 1) // L + (10000 - 1) // L
 
 
+def test_eta_format():
+    assert train.format_eta(3725) == "1h02m" and train.format_eta(247) == "4m07s" and train.format_eta(0.4) == "0m00s"
+
+
 def test_lr_schedule():
     f = lambda s: train.lr_multiplier(s, warmup=10, total=110, min_ratio=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
@@ -116,16 +120,17 @@ def test_loss_falls(shards, tmp_path):
     assert len(ls) == 9 and len(vals) == 3  # rows at 0,5,..,35 and 39; val at 0, 20, 40
     assert ls[-1] < ls[0] - 1.0 and vals[-1] < vals[0] - 1.0, (ls, vals)
     r = rows(out)[-1]
-    assert set(r) >= {"step", "loss", "lr", "tok_s", "mfu", "gates"}
+    assert set(r) >= {"step", "loss", "lr", "tok_s", "mfu", "gates"} and r["mfu"] is None   # no peak FLOPs on a CPU
     assert np.array(r["gates"]).shape == (2, 4)  # (n_layer, n_head)
     header = rows(out, "config")[0]
     assert header["config"]["vocab_size"] == VOCAB and header["args"]["steps"] == 40
 
 
-def test_resume_is_exact(shards, tmp_path):
+def test_resume_is_exact(shards, tmp_path, capsys):
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     train.main(tiny_args(shards, full))
     train.main(tiny_args(shards, split, "--halt_at=3"))
+    assert "halted at step 3 (--halt_at): checkpoint" in capsys.readouterr().out.strip().splitlines()[-1]
     assert len(losses(split)) == 3
     ckpt = train.load_checkpoint(os.path.join(split, "ckpt.pt"))
     assert ckpt["step"] == 3
@@ -201,6 +206,43 @@ def test_bad_input_one_line(shards, tmp_path, case):
         ckpt = train.load_checkpoint(os.path.join(out, "ckpt.pt"))
         assert ckpt["step"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
         assert "(step 1) is kept" in last
+
+
+def test_numbers_out_of_range_one_line(shards, tmp_path, capsys):
+    out = str(tmp_path / "o")
+    for flag, expect in [("--beta_lr=-1", "--beta_lr must be at least 0, got -1.0"),   # (gradient ascent on the gates)
+                         ("--warmup=-5", "--warmup must be at least 0, got -5"), ("--lr=nan", "--lr must be positive, got nan"),
+                         ("--grad_clip=-1", "--grad_clip must be at least 0"), ("--eval_every=-1", "--eval_every must be at least 0"),
+                         ("--weight_decay=inf", "--weight_decay must be at least 0, got inf"),
+                         ("--min_lr=1", "--min_lr (1.0) must be in (0, --lr (0.003)]")]:
+        with pytest.raises(SystemExit) as e:
+            train.main(tiny_args(shards, out, flag))
+        assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert not os.path.exists(out)
+    # said, not silently changed: a warmup longer than a quarter of the run, more validation tokens than there are
+    train.main(tiny_args(shards, out, "--steps=4", "--warmup=3", "--eval_tokens=100000"))
+    err = capsys.readouterr().err
+    assert "--warmup=3 is more than a quarter of --steps=4: the warmup is 1 steps" in err
+    assert "--eval_tokens=100000 is more than the val shard holds (3999): validating on all of it" in err
+
+
+def test_overwrite_stopped_before_its_first_checkpoint(shards, tmp_path, monkeypatch):
+    # --overwrite=1 truncates the old run's log; stopped before its own first checkpoint, it used to leave that
+    # checkpoint beside the new log, which --resume=1 then took for a finished run ("nothing to do")
+    out = str(tmp_path / "o")
+    train.main(tiny_args(shards, out, "--steps=2"))
+    def stop(*a):
+        raise SystemExit("stopped by SIGINT before step 0 completed")
+    monkeypatch.setattr(train.TokenData, "batch", stop)
+    with pytest.raises(SystemExit, match="before step 0"):
+        train.main(tiny_args(shards, out, "--steps=3", "--overwrite=1"))
+    assert not os.path.exists(os.path.join(out, "ckpt.pt")) and rows(out) == []
+    with pytest.raises(SystemExit, match="does not exist: nothing to resume"):
+        train.main(tiny_args(shards, out, "--steps=3", "--resume=1"))
+    # nothing to resume in a folder that does not exist: said before the folder is made
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train.main(tiny_args(shards, str(tmp_path / "new"), "--resume=1"))
+    assert not os.path.exists(tmp_path / "new")
 
 
 def test_no_silent_overwrite(shards, tmp_path):
@@ -453,6 +495,10 @@ def test_tokens_beyond_vocab_one_line(shards, tmp_path):
 
 def test_mismatched_checkpoint_one_line(shards, tmp_path):
     out = str(tmp_path / "o")
+    for bad in ({"model": {}, "config": {}}, {"model": {"w": torch.zeros(1)}, "config": {"attn": "infini"}}):
+        torch.save(bad, str(tmp_path / "bad.pt"))    # passkey.py and plots.py read the config's fields: KeyError
+        with pytest.raises(SystemExit, match="is not a complete checkpoint of this project"):
+            train.load_checkpoint(str(tmp_path / "bad.pt"))
     train.main(tiny_args(shards, out, "--steps=1"))
     with pytest.raises(SystemExit, match="ckpt.pt holds a different model config") as e:
         train.main(tiny_args(shards, out, "--update=linear", "--segment=8", "--resume=1"))
@@ -527,7 +573,7 @@ def ft_args(init, out_dir, *extra):
 
 
 @needs_tokenizer
-def test_finetune_keeps_gates_and_resumes(pretrained, tmp_path, monkeypatch):
+def test_finetune_keeps_gates_and_resumes(pretrained, shards, tmp_path, monkeypatch, capsys):
     import finetune
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
     init, gates = pretrained
@@ -543,8 +589,12 @@ def test_finetune_keeps_gates_and_resumes(pretrained, tmp_path, monkeypatch):
     ckpt = train.load_checkpoint(os.path.join(full, "ckpt.pt"))
     assert ckpt["step"] == 3 and ckpt["config"] == train.load_checkpoint(init)["config"]
     finetune.main(ft_args(init, split, "--halt_at=1"))
+    capsys.readouterr()
     finetune.main(ft_args(init, split, "--resume=1"))
     assert losses(split) == ls
+    assert f"fine-tuning {init}" in capsys.readouterr().out    # the run's --init, not its own checkpoint
+    with pytest.raises(SystemExit, match="is a finetune.py run; resume it with finetune.py"):
+        train.main(tiny_args(shards, split, "--resume=1"))
     with pytest.raises(SystemExit, match="--overwrite=1"):  # never start over silently
         finetune.main(ft_args(init, full))
     assert losses(full) == ls
@@ -693,10 +743,36 @@ def test_finetune_bad_input_one_line(pretrained, tmp_path):
                           (["--curriculum=100"], "every --curriculum length"),
                           (["--needle=memory"], "--needle=memory needs --pack=0"),
                           (["--needle=memory", "--pack=0", "--segment=256"], "at least 2 segments"),
-                          (["--needle_last=0.5"], "--needle_last is a fraction in [0, 1), used with --needle=memory"),
+                          (["--needle_last=0.5"], "--needle_last needs --needle=memory"),
                           (["--needle=memory", "--pack=0", "--needle_last=1"], "--needle_last is a fraction"),
                           (["--init=" + str(tmp_path / "none.pt")], "none.pt does not exist"),
                           (["--parquet=" + str(tmp_path / "none.parquet")], "cannot read columns")]:
         r = run("finetune.py", *ft_args(init, str(tmp_path / "o"), *extra))
         assert r.returncode != 0 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
         assert expect in r.stderr
+
+
+@needs_tokenizer
+def test_finetune_bad_table_rows_and_short_filler_shards_one_line(pretrained, tmp_path, monkeypatch):
+    # a null or a number in --parquet failed inside the tokenizer, an empty table in the sampler, a filler shard
+    # shorter than a row at whichever step first drew it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import finetune
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    init, _ = pretrained
+    empty = pa.table({"prompt": pa.array([], pa.string()), "answer": pa.array([], pa.string())})
+    for name, table, expect in [("null", pa.table({"prompt": ["a", None], "answer": ["b", "c"]}), "row 1 of"),
+                                ("int", pa.table({"prompt": ["a"], "answer": [5]}), "row 0 of"),
+                                ("empty", empty, "has no rows")]:
+        path = str(tmp_path / f"{name}.parquet")
+        pq.write_table(table, path)
+        with pytest.raises(SystemExit) as e:
+            finetune.main(ft_args(init, str(tmp_path / "o"), f"--parquet={path}"))
+        assert expect in str(e.value) and path in str(e.value) and "\n" not in str(e.value), str(e.value)
+    short = tmp_path / "short"
+    short.mkdir()
+    write_shard(str(short / "s_val_000000.bin"), np.arange(2000) % 50)
+    write_shard(str(short / "s_train_000001.bin"), np.arange(300) % 50)
+    with pytest.raises(SystemExit, match="needs a train shard of more than 512 tokens"):
+        finetune.main(ft_args(init, str(tmp_path / "o"), "--filler=shards", f"--data_dir={short}"))

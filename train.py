@@ -84,6 +84,12 @@ def load_checkpoint(path, map_location="cpu"):
         raise SystemExit(f"error: checkpoint {path} is unreadable or corrupt ({type(e).__name__})")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise SystemExit(f"error: {path} is not a checkpoint of this project (no 'model'/'config')")
+    cfg, missing = ckpt["config"], None
+    if isinstance(cfg, dict):       # the fields that fix the model's shape: every consumer reads them
+        missing = sorted({"vocab_size", "n_layer", "n_head", "n_embd", "ffn_hidden", "segment", "attn"} - set(cfg))
+    if not isinstance(cfg, dict) or missing or not isinstance(ckpt["model"], dict) or not ckpt["model"]:
+        raise SystemExit(f"error: {path} is not a complete checkpoint of this project ("
+                         + (f"its config lacks {', '.join(missing)})" if missing else "an empty model or config)"))
     return ckpt
 
 # -----------------------------------------------------------------------------
@@ -198,6 +204,9 @@ def check_out_dir(args):
     if not args.resume and not getattr(args, "overwrite", 0) and os.path.exists(path):
         raise SystemExit(f"error: {path} exists; pass --resume=1 to continue it, another --out_dir, "
                          "or --overwrite=1 to start over (its log and checkpoint are then replaced)")
+    if args.resume and not os.path.exists(path):         # (before the out_dir is made: nothing is left behind)
+        raise SystemExit(f"error: --resume=1 but {path} does not exist: nothing to resume; without --resume=1 "
+                         "the run starts there")
 
 
 # The flags that may change on --resume=1: where the run writes, how often it reports, evaluates and saves,
@@ -208,6 +217,11 @@ def check_out_dir(args):
 # recall.py's --out and --name only say where its result row goes.
 RESUME_MAY_CHANGE = {"out_dir", "resume", "overwrite", "halt_at", "log_every", "eval_every", "ckpt_every",
                      "device", "dtype", "compile", "fast_memory", "out", "name"}
+
+
+def script_of(args):
+    """Which script a run's flags (vars of its args) belong to: a resume must continue a run of its own kind."""
+    return "finetune.py" if "init" in args else "recall.py" if "n_pairs" in args else "train.py"
 
 
 def resume_diff(saved, args):
@@ -429,6 +443,12 @@ def set_rng_state(s):
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def format_eta(seconds):
+    """1h05m, or 4m07s under an hour (a short run's ETA is not always 0h00m)."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -523,6 +543,10 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
     start, log_acc = 0, None
     if args.resume:
         ckpt = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay CPU tensors
+        theirs, ours = script_of(ckpt.get("args") or {}), script_of(vars(args))
+        if theirs != ours:
+            raise SystemExit(f"error: {ckpt_path} is a {theirs} run; resume it with {theirs} (its command plus "
+                             f"--resume=1), or pass {ours} another --out_dir")
         ckpt["config"]["fast_memory"] = cfg.fast_memory  # a choice of code path, not of model: the flag's wins
         if ckpt["config"] != dataclasses.asdict(cfg):
             raise SystemExit(f"error: {ckpt_path} holds a different model config than these flags "
@@ -560,6 +584,12 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
                 else contextlib.nullcontext())
     accum = args.grad_accum // ctx.world  # micro-batches per rank per step
 
+    if master and args.warmup > args.steps // 4:       # (lr_multiplier's cap: said, not silent)
+        print(f"note: --warmup={args.warmup} is more than a quarter of --steps={args.steps}: the warmup is "
+              f"{args.steps // 4} steps", file=sys.stderr, flush=True)
+    if master and start == 0 and os.path.exists(ckpt_path):
+        os.remove(ckpt_path)   # --overwrite=1: the old run's checkpoint goes with its log (Log truncates it), so
+        #                        a stop before the first new checkpoint cannot leave the two of different runs
     log = Log(args.out_dir, master, start)
     gates = model.gates()  # as loaded: P1's code once reset them to 0.5 on reload, so the header records them
     log.row(f"{'resuming at step ' + str(start) if start else 'starting'}: {model.num_params() / 1e6:.1f}M params "
@@ -651,12 +681,12 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
             if step > start:  # the first row includes compilation: keep it out of the ETA
                 steps_timed, time_timed = steps_timed + n_acc, time_timed + dt
             eta = (args.steps - step - 1) * time_timed / steps_timed if steps_timed else float("nan")
-            mfu = flops_per_token * tok_s / (peak * ctx.world) if peak else 0.0
+            mfu = flops_per_token * tok_s / (peak * ctx.world) if peak else None   # (unknown GPU, CPU: no peak)
             gates = model.gates()
             gates = gates.tolist() if gates is not None else None
             text = (f"step {step:6d}/{args.steps} | loss {loss_v:.4f} | lr {optimizer.param_groups[0]['lr']:.2e} | "
                     f"norm {norm_v:.2f} | {tok_s:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if peak else "") +
-                    (f" | eta {int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta == eta else "") +
+                    (f" | eta {format_eta(eta)}" if eta == eta else "") +
                     (" | gates " + " ".join(f"{sum(l) / len(l):.2f}" for l in gates) if gates else ""))
             log.row(text, step=step, loss=loss_v, lr=optimizer.param_groups[0]["lr"], grad_norm=norm_v,
                     tok_s=tok_s, mfu=mfu, gates=gates)
@@ -668,6 +698,9 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
         name = signal.Signals(stop.signum).name if stop.signum else "a signal on another rank"
         raise SystemExit(f"stopped by {name} at step {step}: checkpoint {ckpt_path} written; the same command "
                          "plus --resume=1 continues exactly" if master else 1)
+    if master and step < args.steps:
+        print(f"halted at step {step} (--halt_at): checkpoint {ckpt_path} written; the same command plus --resume=1 "
+              "continues exactly", flush=True)
     return step
 
 
@@ -687,6 +720,9 @@ def main(argv=None):
                        gate=args.gate, segment=args.segment)
     data = TokenData(args.data_dir, args.seq_len, args.seed)
     data.check_vocab(cfg.vocab_size)
+    if args.eval_tokens > len(data.val) - 1 and int(os.environ.get("RANK", 0)) == 0:
+        print(f"note: --eval_tokens={args.eval_tokens} is more than the val shard holds ({len(data.val) - 1}): "
+              "validating on all of it", file=sys.stderr, flush=True)
     ctx = setup_distributed(args.device)
     try:
         torch.manual_seed(args.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
