@@ -5,7 +5,7 @@ GPU measurements, each a mode of this one script so a single device call can run
   python bench.py --mode=train    # training tokens/s, MFU, peak memory: full / local / infini-linear / infini-delta
   python bench.py --mode=stream   # prefill in streaming mode: peak memory and tokens/s, 8K .. 1M tokens
   python bench.py --mode=layer    # one compiled block, forward + backward: time, saved memory, every kernel
-  python bench.py --mode=check,train,stream --out_dir=results
+  python bench.py --mode=check,train,stream --out_dir=results   # (default out/bench); replacing: --overwrite=1
 
 Training throughput: synthetic tokens (random, not zeros), forward + backward + clip + fused AdamW
 step, bf16 autocast, compiled per block (model.compile_model), the same global batch of --tokens
@@ -423,8 +423,11 @@ def get_parser():
                    help="streaming prompt lengths")
     p.add_argument("--chunk", type=int, default=8192, help="streaming chunk, a multiple of the segment")
     p.add_argument("--full_max", type=int, default=131072, help="longest prompt tried with full attention")
-    p.add_argument("--out_dir", default="results", help="where the JSON goes")
+    p.add_argument("--out_dir", default="out/bench", help="where the JSON goes (default: git-ignored scratch; the "
+                   "committed measurements in results/ are written only when asked for)")
     p.add_argument("--tag", default=None, help="file-name tag; default: the GPU's short name")
+    p.add_argument("--overwrite", type=int, default=0, choices=(0, 1), help="1 = replace this run's output files "
+                   "in --out_dir if they exist")
     return p
 
 
@@ -432,11 +435,32 @@ MODES = ("check", "train", "stream", "layer")
 
 
 def check_args(args):
-    """Every flag mistake as one line, before the GPU is looked for: a typo costs no device time."""
+    """Every flag mistake as one line, before the GPU is looked for: a typo costs no device time. Sets args.tag."""
     modes = args.mode.split(",")
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SystemExit(f"error: unknown --mode {bad[0]!r}: a comma-separated list of {', '.join(MODES)}")
+    if len(set(modes)) < len(modes):                       # the second would replace the first's file
+        raise SystemExit(f"error: --mode={args.mode} names a mode twice")
+    try:                                                   # the preset and --segment, as the modes build them
+        make_config(args.model, segment=args.segment)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: {e} (--model, --segment)")
+    timed = "train" in modes or "layer" in modes
+    if timed and any(T <= 0 or T % args.segment for T in args.Ts):
+        raise SystemExit(f"error: every --Ts must be a positive multiple of --segment ({args.segment}), got {args.Ts}")
+    if timed and args.tokens < max(args.Ts):
+        raise SystemExit(f"error: --tokens ({args.tokens}) must be at least the longest --Ts ({max(args.Ts)}): "
+                         "batch = tokens / T")
+    if "train" in modes and args.steps < 1:
+        raise SystemExit(f"error: train mode needs --steps of at least 1, got {args.steps}")
+    if "layer" in modes and args.layer_iters < 1:
+        raise SystemExit(f"error: layer mode needs --layer_iters of at least 1, got {args.layer_iters}")
+    if "stream" in modes and (args.chunk <= 0 or args.chunk % args.segment):
+        raise SystemExit(f"error: --chunk ({args.chunk}) must be a positive multiple of --segment ({args.segment}): "
+                         "the memory cannot continue from a chunk that ends mid-segment")
+    if "stream" in modes and min(args.lengths) <= 0:
+        raise SystemExit(f"error: every --lengths must be positive, got {args.lengths}")
     for v in args.variants:
         parse_variant(v)
     if args.profile != "none":
@@ -449,6 +473,35 @@ def check_args(args):
     if "train" in modes and args.warmup < 1:
         raise SystemExit("error: train mode needs --warmup of at least 1 (compilation, and the peak memory is "
                          "measured over those steps)")
+    check_out_dir(args)
+    args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")
+    taken = [f for f in output_files(args, modes) if os.path.exists(os.path.join(args.out_dir, f))]
+    if taken and not args.overwrite:
+        raise SystemExit(f"error: {os.path.join(args.out_dir, taken[0])} exists"
+                         + (f" (and {len(taken) - 1} more of this run's files)" if len(taken) > 1 else "")
+                         + "; pass another --out_dir or --tag, or --overwrite=1 to replace them")
+
+
+def check_out_dir(args):
+    """--out_dir a folder that is or can be made, and writable: said now, not when the first row is written."""
+    d = args.out_dir
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise SystemExit(f"error: --out_dir={d} is a file, not a folder")
+    parent = d
+    while not os.path.exists(parent):                      # the nearest existing folder makes the missing ones
+        parent = os.path.dirname(os.path.normpath(parent)) or "."
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out_dir={d} cannot be written ({parent} is not a writable folder)")
+
+
+def output_files(args, modes):
+    """The file names (in --out_dir) that these modes write: as train_throughput, stream, layer and __main__ name them."""
+    files = [f"{dict(check='check', train='bench', stream='streaming', layer='layer')[m]}_{args.tag}.json" for m in modes]
+    if "train" in modes and args.profile in args.variants and args.profile_T in args.Ts:
+        files.append(f"profile_{args.profile}_{args.profile_T}.txt")
+    if "layer" in modes and args.dump_code:
+        files += [f"code_{v}_{T}.txt" for T in args.Ts for v in args.variants if parse_variant(v)[0] != "full"]
+    return files
 
 
 if __name__ == "__main__":
@@ -456,7 +509,6 @@ if __name__ == "__main__":
     check_args(args)
     if not torch.cuda.is_available():
         raise SystemExit("error: bench.py measures a CUDA GPU and none is available")
-    args.tag = args.tag or next((k.lower() for k in PEAK_BF16 if k in gpu_name()), "gpu")
     torch.backends.cuda.matmul.allow_tf32 = True                  # as in train.py: fp32 memory matmuls on TF32 cores
     torch.backends.cudnn.allow_tf32 = True
     print(f"{gpu_name()} | torch {torch.__version__}", flush=True)

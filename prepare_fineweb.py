@@ -15,12 +15,18 @@ Shard layout (llm.c): a header of 256 int32 (magic 20240520, version 1, token co
 tokens as uint16 (GPT-2's 50257 ids fit). `load_shard(path)` checks the header and memory-maps the tokens.
 """
 import argparse
+import contextlib
 import glob
+import hashlib
 import itertools
 import json
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+import threading
 import urllib.parse
 
 import numpy as np
@@ -29,6 +35,13 @@ import tiktoken
 MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 EOT = 50256  # <|endoftext|> in GPT-2 BPE
 HUB_TOKENS = 10_000_000_000  # sample-10BT is ~10B GPT-2 tokens: the progress bar's total for ETA
+MAX_SHARD = 2**31 - 1  # the header's int32 token count; also caps a shard buffer at 4 GiB
+INCOMPLETE = "INCOMPLETE"  # marker file in an out_dir whose run stopped early: its shards are a truncated set
+# tiktoken caches r50k_base under the sha1 of its URL and checks the sha256 (tiktoken/load.py, tiktoken_ext/
+# openai_public.py, 0.14.0); both match shared/data/tiktoken_cache
+R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+R50K_CACHE = hashlib.sha1(R50K_URL.encode()).hexdigest()  # 0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
+R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -52,13 +65,27 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def check_out_file(path, flag="--out"):
     """An output file name, checked before any work (passkey.py, recall.py, plots.py): one line if it names a
-    folder or its folder does not exist, except out/, the git-ignored scratch folder of the defaults, which
-    the writer makes (out_folder). Whether an existing file may be replaced is the script's own rule."""
+    folder or its folder does not exist (except out/, the git-ignored scratch folder of the defaults, which
+    the writer makes: out_folder) or cannot be written. Whether an existing file may be replaced is the
+    script's own rule."""
     if os.path.isdir(path) or path.endswith(("/", os.sep)):
         raise SystemExit(f"error: {flag} {path} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder) and os.path.dirname(os.path.normpath(path)) != "out":
         raise SystemExit(f"error: the folder of {flag} ({folder}) does not exist")
+    why = os.path.isdir(folder) and not_writable(folder)
+    if why:
+        raise SystemExit(f"error: the folder of {flag} ({folder}) is not writable ({why})")
+
+
+def not_writable(folder):
+    """Why a file cannot be made in folder (its strerror), or None. A real probe: os.access() says yes to root
+    even on /proc, where the write would fail only after the work. The probe file is nameless (O_TMPFILE)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def out_folder(path):
@@ -69,20 +96,31 @@ def out_folder(path):
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE. r50k_base has the same ranks, regex and <|endoftext|> as "gpt2" and is a
     single cache file, so it is tried first: with TIKTOKEN_CACHE_DIR pointing at a folder holding that
-    file it loads offline. Exits with one line saying what to do when neither can be had."""
+    file it loads offline. Exits with one line saying what to do when neither can be had, or when that file
+    is corrupt: tiktoken would delete it (a shared cache loses its copy) and report it as missing."""
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR")
+    cached = os.path.join(cache, R50K_CACHE) if cache else ""
+    if os.path.isfile(cached):
+        try:
+            with open(cached, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+        except OSError as e:
+            raise SystemExit(f"error: cannot read tiktoken's cached r50k_base {cached} ({e.strerror})")
+        if digest != R50K_SHA256:
+            raise SystemExit(f"error: tiktoken's cached r50k_base {cached} is corrupt (sha256 {digest}, expected "
+                             f"{R50K_SHA256}); delete it or copy a good one")
     for name in ("r50k_base", "gpt2"):
         try:
             return tiktoken.get_encoding(name)
         except Exception:
             continue
-    cache, r50k = os.environ.get("TIKTOKEN_CACHE_DIR"), "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"
-    if cache and not os.path.isfile(os.path.join(cache, r50k)):
+    if cache and not os.path.isfile(cached):
         what = "holds no" if os.path.isdir(cache) else "is not a folder, so it holds no"
         raise SystemExit(f"error: cannot load the GPT-2 BPE vocabulary offline: TIKTOKEN_CACHE_DIR={cache} {what} "
-                         f"file {r50k} (tiktoken's cached r50k_base); point it at a folder that does")
+                         f"file {R50K_CACHE} (tiktoken's cached r50k_base); point it at a folder that does")
     raise SystemExit("error: cannot load the GPT-2 BPE vocabulary (tiktoken needs the network to fetch it). "
                      "Offline, set TIKTOKEN_CACHE_DIR to a folder holding tiktoken's cached r50k_base file "
-                     f"(file name {r50k}, copied from a machine with network)")
+                     f"(file name {R50K_CACHE}, copied from a machine with network)")
 
 # -----------------------------------------------------------------------------
 # the shard format
@@ -94,10 +132,22 @@ def write_shard(path, tokens):
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (MAGIC, VERSION, tokens.size)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16, copy=False).tobytes())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(np.uint16, copy=False).tobytes())
+    except BaseException:  # disk full, Ctrl-C: no half-written .tmp left behind either
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
+
+
+def write_text(path, text):
+    """A small text file written atomically (tmp + rename), like a shard."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def load_shard(path):
@@ -126,7 +176,7 @@ def find_shards(data_dir, split):
 # document sources: local files or the Hub
 
 def expand_inputs(patterns):
-    """The files named by --input, globs expanded, checked before any work starts."""
+    """The files named by --input, globs expanded, each checked (check_input) before any work starts."""
     files = []
     for pat in patterns:
         hits = sorted(glob.glob(os.path.expanduser(pat)))
@@ -136,39 +186,68 @@ def expand_inputs(patterns):
         if bad:
             raise SystemExit(f"error: {bad[0]}: unsupported file type (use .parquet, .jsonl or .txt)")
         files += hits
+    for path in files:
+        check_input(path)
     return files
 
 
+def check_input(path):
+    """One line if an input cannot be read, or is a parquet file without a string `text` column: found up
+    front, not after tokenizing the inputs before it (and, with --force, after deleting the old shards).
+    Only parquet's footer is read; a jsonl line's content is checked as it is read (local_texts)."""
+    if not path.endswith(".parquet"):
+        try:
+            open(path, "rb").close()
+        except OSError as e:
+            raise SystemExit(f"error: cannot read --input {path} ({e.strerror})")
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        schema = pq.ParquetFile(path).schema_arrow
+    except Exception as e:  # missing, empty, truncated or not parquet at all: name the file
+        raise SystemExit(f"error: {path} is not a readable parquet file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})")
+    if "text" not in schema.names:
+        raise SystemExit(f"error: {path} has no 'text' column (columns: {schema.names})")
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise SystemExit(f"error: {path}: its 'text' column holds {kind}, not strings")
+
+
 def local_texts(files):
-    """Yield the `text` of every document in local .parquet / .jsonl / .txt files. Parquet is read in
-    record batches so RAM stays small however big the file; a .txt file is one document. Bad content
-    raises ValueError (not SystemExit: this generator may run in the worker pool's feeder thread)."""
+    """Yield the `text` of every document in local .parquet / .jsonl / .txt files (checked by check_input).
+    Parquet is read in record batches so RAM stays small however big the file; a .txt file is one document.
+    Bad content raises ValueError naming the file (not SystemExit: this generator may run in the worker
+    pool's feeder thread)."""
     for path in files:
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-            try:
-                pf = pq.ParquetFile(path)
-            except Exception as e:  # empty, truncated or not parquet at all: name the file
-                raise ValueError(f"{path} is not a readable parquet file ({type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''})")
-            if "text" not in pf.schema_arrow.names:
-                raise ValueError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names})")
-            for batch in pf.iter_batches(batch_size=1024, columns=["text"]):
-                yield from (t for t in batch.column(0).to_pylist() if t)
-        elif path.endswith((".jsonl", ".json")):
-            with open(path, encoding="utf-8") as f:
-                for i, line in enumerate(f):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except (ValueError, KeyError, TypeError):
-                        raise ValueError(f"{path} line {i + 1} is not a JSON object with a 'text' field")
-                    if text:
-                        yield text
-        elif path.endswith(".txt"):
-            with open(path, encoding="utf-8") as f:
-                yield f.read()
+        try:
+            yield from _file_texts(path)
+        except UnicodeDecodeError as e:  # a ValueError, but its message has no file name
+            raise ValueError(f"{path} is not UTF-8 text ({e})") from None
+
+
+def _file_texts(path):
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["text"]):
+            yield from (t for t in batch.column(0).to_pylist() if t)
+    elif path.endswith((".jsonl", ".json")):
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)["text"]
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{path} line {i + 1} is not a JSON object with a 'text' field")
+                if text is not None and not isinstance(text, str):  # null is skipped, as in parquet
+                    raise ValueError(f"{path} line {i + 1}: 'text' is {type(text).__name__}, not a string")
+                if text:
+                    yield text
+    elif path.endswith(".txt"):
+        with open(path, encoding="utf-8") as f:
+            yield f.read()
 
 
 def _can_connect(host, port=443, timeout=5.0):
@@ -217,6 +296,17 @@ def _init_worker():
     _enc = gpt2_encoding()
 
 
+def _init_pool_worker():
+    # Ctrl-C reaches the whole process group: only the parent handles it (no worker tracebacks)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker()
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # kill or a job scheduler stops a run the way Ctrl-C does: cleaned up and marked
+
+
 def tokenize(text):
     """One document -> uint16 tokens + <|endoftext|>. encode_ordinary: '<|endoftext|>' in a web page is text."""
     return np.array(_enc.encode_ordinary(text) + [EOT], dtype=np.uint16)
@@ -225,8 +315,8 @@ def tokenize(text):
 
 def get_parser():
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--input", nargs="+", default=None, help="local .parquet/.jsonl/.txt files or globs with a 'text' "
-                   "column/field (quote globs); default: stream --dataset from the Hub")
+    p.add_argument("--input", nargs="+", action="extend", default=None, help="local .parquet/.jsonl/.txt files or "
+                   "globs with a 'text' column/field (quote globs; repeats add up); default: stream --dataset from the Hub")
     p.add_argument("--dataset", default="HuggingFaceFW/fineweb", help="Hub dataset (streamed) when no --input")
     p.add_argument("--name", default="sample-10BT", help="Hub dataset config")
     p.add_argument("--out_dir", default="data/fineweb10B", help="where the shards go")
@@ -240,59 +330,77 @@ def get_parser():
     return p
 
 
-def main(argv=None):
-    args = get_parser().parse_args(argv)
-    shard_size, val_tokens, max_tokens = int(args.shard_size), int(args.val_tokens), int(args.max_tokens)
-    if shard_size <= 0 or val_tokens <= 0 or max_tokens < 0:
-        raise SystemExit("error: --shard_size and --val_tokens must be positive, --max_tokens >= 0")
+def check_args(args):
+    """Every flag checked before any work (a NaN or 1e15 --shard_size used to fail in numpy, or allocate
+    petabytes, after the validation shard was written). Returns the sizes as ints and the folders that
+    making --out_dir creates, deepest first."""
+    for flag in ("shard_size", "val_tokens"):
+        if not 1 <= getattr(args, flag) <= MAX_SHARD:  # NaN fails every comparison
+            raise SystemExit(f"error: --{flag} must be 1 to {MAX_SHARD:,} tokens (a shard header's int32), "
+                             f"got {getattr(args, flag):g}")
+    if not 0 <= args.max_tokens < 2**63:
+        raise SystemExit(f"error: --max_tokens must be 0 (everything) or a token count, got {args.max_tokens:g}")
     if args.workers < 1:
         raise SystemExit(f"error: --workers must be at least 1, got {args.workers}")
-    new_dirs, d = [], os.path.abspath(args.out_dir)   # the folders this run creates, deepest first
+    if not args.prefix or any(c and c in args.prefix for c in ("/", os.sep, os.altsep)):
+        raise SystemExit(f"error: --prefix {args.prefix!r} must be a non-empty file name part, with no '/'")
+    new_dirs, d = [], os.path.abspath(args.out_dir)
     while not os.path.exists(d):
         new_dirs.append(d)
         d = os.path.dirname(d)
     if not os.path.isdir(d):
         raise SystemExit(f"error: --out_dir {args.out_dir} is a file, not a folder" if not new_dirs else
                          f"error: --out_dir {args.out_dir} cannot be made: {d} is a file, not a folder")
+    why = not_writable(d)
+    if why:
+        raise SystemExit(f"error: --out_dir {args.out_dir}: cannot write in {d} ({why})")
+    return int(args.shard_size), int(args.val_tokens), int(args.max_tokens), new_dirs
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    shard_size, val_tokens, max_tokens, new_dirs = check_args(args)
     if max_tokens:
         val_tokens = max(1, min(val_tokens, max_tokens // 10))  # a small run keeps 90% for training
-
-    existing = glob.glob(os.path.join(args.out_dir, f"{args.prefix}_*.bin"))
+        shard_size = min(shard_size, max_tokens)                # the buffer: no 2 GB of it for a 10k-token run
+    out_dir, marker = args.out_dir, os.path.join(args.out_dir, INCOMPLETE)
+    existing = glob.glob(os.path.join(out_dir, f"{args.prefix}_*.bin"))
     if existing and not args.force:
-        raise SystemExit(f"error: {args.out_dir} already holds {len(existing)} shard(s); pass --force=1 to rewrite them")
-    _init_worker()  # fail fast, in this process, with gpt2_encoding()'s one-line message
+        note = f" (from a run that stopped early: see {marker})" if os.path.exists(marker) else ""
+        raise SystemExit(f"error: {out_dir} already holds {len(existing)} shard(s){note}; pass --force=1 to rewrite them")
     files = expand_inputs(args.input) if args.input else None
+    _init_worker()  # fail fast, in this process, with gpt2_encoding()'s one-line message
     if files and len(files) > 1:   # the validation shard is the start of the stream: say which file that is
         print(f"validation: the first {val_tokens:,} tokens of {len(files)} inputs read in this order: "
               + ", ".join(os.path.basename(f) for f in files), flush=True)
     texts = local_texts(files) if files else hub_texts(args.dataset, args.name)
-    os.makedirs(args.out_dir, exist_ok=True)   # only now, and undone() if a bad input stops the run
-    for f in existing:  # --force: stale higher-numbered shards must not survive next to the new ones
-        os.remove(f)
-    pool = None
-    if args.workers > 1:
-        import multiprocessing as mp
-        pool = mp.Pool(args.workers, initializer=_init_worker)
-        docs = pool.imap(tokenize, texts, chunksize=16)  # imap keeps document order: shards are reproducible
-    else:
-        docs = map(tokenize, texts)
-
-    from tqdm import tqdm
-    total = max_tokens or (None if args.input else HUB_TOKENS)
-    bar = tqdm(total=total, unit="tok", unit_scale=True, dynamic_ncols=True)
-    shard, buf, fill, written, paths = 0, np.empty(val_tokens, dtype=np.uint16), 0, 0, []
+    # --force writes the new set beside the old one and swaps them only once it is complete, so a bad input,
+    # a full disk or Ctrl-C costs nothing. (A SIGKILLed --force run leaves this folder; the next one clears it.)
+    dest = os.path.join(out_dir, f".{args.prefix}_new") if existing else out_dir
+    shard, buf, fill, written, kept, paths, pool, bar = 0, None, 0, 0, 0, [], None, None
 
     def flush():
-        nonlocal shard, buf, fill
+        nonlocal shard, buf, fill, kept
         split = "val" if shard == 0 else "train"
-        paths.append(os.path.join(args.out_dir, f"{args.prefix}_{split}_{shard:06d}.bin"))
+        paths.append(os.path.join(dest, f"{args.prefix}_{split}_{shard:06d}.bin"))
         write_shard(paths[-1], buf[:fill])
-        shard, buf, fill = shard + 1, np.empty(shard_size, dtype=np.uint16), 0
+        shard, kept, buf, fill = shard + 1, kept + fill, np.empty(shard_size, dtype=np.uint16), 0
 
-    def undone(msg):
-        """A failed run removes what it created, and only that: its shards, then the folders it made."""
+    def stop(msg, keep):
+        """A stopped run. keep (interrupted, disk full): a plain run keeps its complete shards, marked INCOMPLETE
+        so that they do not pass for a finished set. Otherwise (bad input, --force) it removes what it created,
+        and only that: its shards, then the folders it made."""
+        if keep and paths and not existing:
+            with contextlib.suppress(OSError):  # unmarked they would pass for a finished set: removed below
+                write_text(marker, f"{msg} after {shard} complete shard(s), {kept:,} tokens: a truncated set; "
+                                   "re-run with --force=1 to redo it\n")
+                return SystemExit(f"{msg}: {shard} complete shard(s) kept in {out_dir}, marked {INCOMPLETE}")
         for f in paths:
-            os.remove(f)
+            with contextlib.suppress(OSError):
+                os.remove(f)
+        if existing:
+            shutil.rmtree(dest, ignore_errors=True)
+            msg += f"; the old shards in {out_dir} were kept"
         for d in new_dirs:
             try:
                 os.rmdir(d)
@@ -300,7 +408,23 @@ def main(argv=None):
                 break
         return SystemExit(msg)
 
+    in_main = threading.current_thread() is threading.main_thread()   # the only thread that may set handlers
+    old_sigterm = signal.signal(signal.SIGTERM, _sigterm) if in_main else None
     try:
+        os.makedirs(out_dir, exist_ok=True)
+        if existing:
+            shutil.rmtree(dest, ignore_errors=True)
+            os.mkdir(dest)
+        if args.workers > 1:
+            import multiprocessing as mp
+            pool = mp.Pool(args.workers, initializer=_init_pool_worker)
+            docs = pool.imap(tokenize, texts, chunksize=16)  # imap keeps document order: shards are reproducible
+        else:
+            docs = map(tokenize, texts)
+        from tqdm import tqdm
+        bar = tqdm(total=max_tokens or (None if args.input else HUB_TOKENS), unit="tok", unit_scale=True,
+                   dynamic_ncols=True)
+        buf = np.empty(val_tokens, dtype=np.uint16)
         for toks in docs:
             if max_tokens:
                 toks = toks[:max_tokens - written]
@@ -316,18 +440,38 @@ def main(argv=None):
         if fill:
             flush()
     except ValueError as e:  # bad document content, from local_texts
-        raise undone(f"error: {e}")
+        raise stop(f"error: {e}", keep=False)
     except KeyboardInterrupt:
-        raise SystemExit(f"interrupted: {shard} complete shard(s) in {args.out_dir}")
+        raise stop("interrupted", keep=True)
+    except OSError as e:     # disk full, a folder that cannot be made, an input gone unreadable
+        raise stop(f"error: {e.filename or dest}: {e.strerror or e}", keep=True)
+    except MemoryError:
+        raise stop(f"error: out of memory (a shard buffer is {2 * shard_size:,} bytes: lower --shard_size)",
+                   keep=True)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if pool is not None:
             pool.terminate()
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
     if written == 0:
-        raise undone(f"error: the input holds no text (0 tokens); nothing written to {args.out_dir}")
+        raise stop(f"error: the input holds no text (0 tokens); nothing written to {out_dir}", keep=False)
+    try:
+        if existing:  # the swap: new shards in, stale higher-numbered old ones out; INCOMPLETE covers a crash here
+            write_text(marker, "stopped while replacing the old shards; re-run with --force=1 to redo it\n")
+            for p in paths:
+                os.replace(p, os.path.join(out_dir, os.path.basename(p)))
+            for f in set(existing) - {os.path.join(out_dir, os.path.basename(p)) for p in paths}:
+                os.remove(f)
+            os.rmdir(dest)
+        if os.path.exists(marker):  # a complete set now: an old marker would make train.py warn for nothing
+            os.remove(marker)
+    except OSError as e:
+        raise SystemExit(f"error: replacing the shards in {out_dir} failed ({e}); re-run with --force=1")
     if shard < 2:
         print(f"warning: only {written:,} tokens: no training shard (lower --val_tokens)", file=sys.stderr)
-    print(f"wrote {shard} shard(s), {written:,} tokens, to {args.out_dir}")
+    print(f"wrote {shard} shard(s), {written:,} tokens, to {out_dir}")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,13 @@ the committed results/recall_*.json were written with --out, by results/recall_s
 acc_by_distance[d] is the accuracy on pairs written d+1 segments before the query segment.
 """
 import argparse
+import contextlib
+import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -82,20 +86,42 @@ def stage_segments(step, args):
 def accuracy(model, args, device, autocast):
     """(acc, acc_by_distance) on --eval_rows fixed sequences of --segments segments, greedy argmax over
     the whole vocabulary at every query."""
+    from tqdm import tqdm
     model.eval()
     S = args.segments
     hit, cnt = np.zeros(S - 1), np.zeros(S - 1)
-    for i in range(0, args.eval_rows, args.batch_size):
-        x, y, dist = make_batch(np.random.default_rng([args.seed + 1, i]), min(args.batch_size, args.eval_rows - i), S, args)
-        with autocast:
-            logits, _, _ = model(torch.from_numpy(x).to(device))
-        pred = logits.argmax(-1).cpu().numpy()
-        m = dist >= 0
-        np.add.at(hit, dist[m], pred[m] == y[m])
-        np.add.at(cnt, dist[m], 1)
+    # a bar with an ETA, shown only once the evaluation has taken 5 s (a large --eval_rows takes minutes); closed
+    # (cleared) on a signal too, before its one-line message
+    with tqdm(total=args.eval_rows, unit="seq", desc="eval", delay=5, mininterval=1, leave=False) as bar:
+        for i in range(0, args.eval_rows, args.batch_size):
+            x, y, dist = make_batch(np.random.default_rng([args.seed + 1, i]), min(args.batch_size, args.eval_rows - i), S, args)
+            with autocast:
+                logits, _, _ = model(torch.from_numpy(x).to(device))
+            pred = logits.argmax(-1).cpu().numpy()
+            m = dist >= 0
+            np.add.at(hit, dist[m], pred[m] == y[m])
+            np.add.at(cnt, dist[m], 1)
+            bar.update(len(x))
     model.train()
     by_d = [float(h / c) if c else None for h, c in zip(hit, cnt)]
     return float(hit.sum() / cnt.sum()), by_d
+
+
+@contextlib.contextmanager
+def exit_on_signal(ckpt_path):
+    """SIGINT (Ctrl-C) or SIGTERM after training, during the evaluation: one line and a non-zero exit, not a
+    KeyboardInterrupt traceback (SIGTERM would otherwise end the process silently). train's loop has saved the
+    checkpoint; a re-run with --resume=1 finds the run finished and only evaluates it."""
+    def handle(signum, frame):
+        raise SystemExit(f"stopped by {signal.Signals(signum).name} during the evaluation: the trained checkpoint "
+                         f"{ckpt_path} is saved; the same command plus --resume=1 evaluates it")
+    main_thread = threading.current_thread() is threading.main_thread()   # signal.signal works only there
+    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 # -----------------------------------------------------------------------------
 
@@ -131,10 +157,11 @@ def get_parser():
     a("--grad_clip", type=float, default=1.0, help="max global grad norm (0 = off)")
     a("--seed", type=int, default=0, help="init and data")
     a("--device", default="cuda" if cuda else "cpu", help="cuda | cpu")
-    a("--dtype", default="bfloat16" if cuda else "float32", help="autocast dtype: bfloat16 | float32")
+    a("--dtype", default="bfloat16" if cuda else "float32", choices=("bfloat16", "float32"), help="autocast dtype")
     a("--compile", type=int, default=0, choices=(0, 1), help="torch.compile the blocks (the curriculum's "
       "lengths each compile anew; eager is fast enough for a model this small)")
-    a("--out_dir", default=None, help="log.jsonl and ckpt.pt of the run (default out/recall/<the run's name>)")
+    a("--out_dir", default=None, help="log.jsonl and ckpt.pt of the run (default out/recall/<the run's name>-<hash of "
+      "its run-defining flags>)")
     a("--overwrite", type=int, default=0, choices=(0, 1), help="1 = start over in an out_dir that holds a checkpoint")
     a("--resume", type=int, default=0, choices=(0, 1), help="1 = continue from out_dir/ckpt.pt")
     a("--log_every", type=int, default=100, help="steps between log rows")
@@ -145,10 +172,15 @@ def get_parser():
 
 
 def check_args(args):
-    args.curriculum = train.parse_curriculum(args.curriculum, args.segments, "segment counts")[:-1]
-    if args.segments < 2 or any(not 2 <= c <= args.segments for c in args.curriculum):
+    train.check_numbers(args)          # lr > 0, 0 < min_lr <= lr, warmup, beta_lr, weight_decay >= 0, log_every > 0, ...
+    stages = train.parse_curriculum(args.curriculum, args.segments, "segment counts")
+    if min(stages) < 2:
         raise SystemExit("error: --segments and every --curriculum stage must be >= 2 (the last segment asks, "
-                         "the earlier ones hold the pairs) and stages <= --segments")
+                         "the earlier ones hold the pairs)")
+    if any(a >= b for a, b in zip(stages, stages[1:])):    # a repeated or shorter stage is no curriculum
+        raise SystemExit(f"error: --curriculum stages must increase and stay below --segments ({args.segments}), "
+                         f"got {args.curriculum!r}")
+    args.curriculum = stages[:-1]
     if min(args.segment, args.n_pairs, args.n_values, args.n_filler, args.steps, args.batch_size, args.eval_rows) <= 0:
         raise SystemExit("error: --segment, --n_pairs, --n_values, --n_filler, --steps, --batch_size, --eval_rows must be positive")
     smallest = min(args.curriculum + [args.segments])
@@ -165,6 +197,16 @@ def check_args(args):
         args.out = os.path.join("out", f"recall_{device_name(args.device)}.json")
     check_out_file(args.out)                       # not a folder, and its folder exists (as in passkey.py)
     read_rows(args.out)                            # an existing --out must take the row: said now, not after training
+
+
+def default_out_dir(args, name, head_dim):
+    """out/recall/<readable slug>-<8 hex>: the hash is of every run-defining flag (all but train.RESUME_MAY_CHANGE,
+    as checked by --resume=1), so a run that differs in any of them (--steps, --seed, --lr, ...) gets its own
+    folder, and the same command (with --resume=1, another --log_every or --device) finds its own again."""
+    slug = f"{name}-s{args.segments}x{args.segment}-p{args.n_pairs}-hd{head_dim}".replace(" +", "-")
+    defining = {k: v for k, v in vars(args).items() if k not in train.RESUME_MAY_CHANGE}
+    digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
+    return os.path.join("out", "recall", f"{slug}-{digest}")
 
 
 def device_name(device):
@@ -206,8 +248,7 @@ def main(argv=None):
     name = args.name or (f"{args.attn}" + (f"-{args.update}" if args.attn == "infini" else "") +
                          (" +curriculum" if args.curriculum else ""))
     if args.out_dir is None:
-        slug = f"{name}-s{args.segments}x{args.segment}-p{args.n_pairs}-hd{cfg.head_dim}".replace(" +", "-")
-        args.out_dir = os.path.join("out", "recall", slug)
+        args.out_dir = default_out_dir(args, name, cfg.head_dim)
     # what train.train reads from its args: the recall flags plus the fixed choices below
     targs = argparse.Namespace(**vars(args), seq_len=args.segments * args.segment, grad_accum=1, halt_at=0,
                                eval_every=0, ckpt_every=args.steps)
@@ -227,7 +268,8 @@ def main(argv=None):
                 f"{args.segments} segments of {args.segment}, curriculum {args.curriculum or 'none'}")
     autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else torch.autocast(ctx.device.type, enabled=False))
-    acc, by_d = accuracy(model, args, ctx.device, autocast)
+    with exit_on_signal(os.path.join(args.out_dir, "ckpt.pt")):
+        acc, by_d = accuracy(model, args, ctx.device, autocast)
     curriculum = args.curriculum or False
     row = dict(name=name, attn=args.attn, update=args.update if args.attn == "infini" else None,
                gate=args.gate if args.attn == "infini" else None, segments=args.segments, segment=args.segment,
@@ -245,4 +287,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C outside train()'s handler and the evaluation's: building, writing the row
+        raise SystemExit("stopped by SIGINT outside the training loop and the evaluation: a checkpoint in --out_dir "
+                         "is kept; the same command plus --resume=1 continues or evaluates it")

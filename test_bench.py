@@ -74,3 +74,44 @@ def test_bench_rounds_must_divide_steps_one_line():
         r = run("--mode=train", *bad)
         assert r.returncode != 0 and "Traceback" not in r.stderr
         assert r.stderr.strip().splitlines()[-1].startswith("error: --rounds must be at least 1 and divide --steps"), r.stderr
+
+
+def test_bench_flags_that_failed_only_on_the_gpu_one_line(tmp_path):
+    # each passed check_args and failed after device time was spent (a traceback in stream(), a batch of 0, a
+    # ZeroDivisionError, model.py's "chunk that ended mid-segment", an out_dir found bad at the first row)
+    (tmp_path / "f").write_text("")
+    out = f"--out_dir={tmp_path}"
+    for argv, expect in [(["--model=huge", out], "unknown model preset 'huge'"),
+                         (["--segment=0", out], "segment must be a positive integer, got 0"),
+                         (["--segment=-4", out], "got -4"), (["--mode=check,check", out], "names a mode twice"),
+                         (["--mode=train", "--Ts", "8192", "1000", out], "every --Ts must be a positive multiple of --segment (1024)"),
+                         (["--mode=layer", "--Ts", "0", out], "positive multiple"),
+                         (["--mode=train", "--tokens", "8192", out], "--tokens (8192) must be at least the longest --Ts (32768)"),
+                         (["--mode=train", "--steps", "0", out], "--steps of at least 1"),
+                         (["--mode=stream", "--chunk", "1000", out], "--chunk (1000) must be a positive multiple of --segment (1024)"),
+                         (["--mode=stream", "--lengths", "8192", "0", out], "every --lengths must be positive"),
+                         ([f"--out_dir={tmp_path / 'f'}"], "is a file, not a folder"),
+                         ([f"--out_dir={tmp_path / 'f' / 'sub'}"], "cannot be written")]:
+        with pytest.raises(SystemExit) as e:
+            bench.check_args(bench.get_parser().parse_args(argv))
+        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), (argv, e.value)
+    bench.check_args(bench.get_parser().parse_args(["--mode=stream", "--chunk", "2048", "--lengths", "1", out]))
+
+
+def test_bench_never_overwrites_without_asking(tmp_path):
+    # the default was results/: a plain `python bench.py` replaced the committed check_h100.json, bench_h100.json...
+    args = bench.get_parser().parse_args([])
+    assert args.out_dir == "out/bench" and args.overwrite == 0
+    assert subprocess.run(["git", "check-ignore", "-q", "out/bench/check_h100.json"], cwd=REPO).returncode == 0
+    out = ["--tag=t", f"--out_dir={tmp_path}"]
+    (tmp_path / "check_t.json").write_text("[]")
+    (tmp_path / "profile_infini-linear-fast_8192.txt").write_text("")
+    for argv, expect in [(["--mode=stream,check"], "check_t.json exists; pass another --out_dir or --tag, or --overwrite=1"),
+                         (["--mode=train"], "profile_infini-linear-fast_8192.txt exists")]:
+        with pytest.raises(SystemExit) as e:
+            bench.check_args(bench.get_parser().parse_args(argv + out))
+        assert str(e.value).startswith("error:") and expect in str(e.value), (argv, e.value)
+        bench.check_args(bench.get_parser().parse_args(argv + out + ["--overwrite=1"]))
+    for ok in (["--mode=stream"], ["--mode=train", "--profile=none"], ["--mode=check", "--tag=u"]):
+        bench.check_args(bench.get_parser().parse_args(out + ok))       # files this run does not write
+    assert (tmp_path / "check_t.json").read_text() == "[]"

@@ -5,10 +5,15 @@ run stopped by a bad input leaves (nothing of its own). python -m pytest -q test
 Tokenizer tests need the GPT-2 BPE file in $INFINI_SHARED/data/tiktoken_cache (default ../shared); they are
 skipped without it.
 """
+import hashlib
+import itertools
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -194,3 +199,215 @@ def test_prepare_bad_input_removes_what_it_created(tmp_path, monkeypatch):
         assert written or src != bad_jsonl                      # (the validation shard was written before the error)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "bad.parquet", "empty.jsonl", "theirs"]
     assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+
+
+# -----------------------------------------------------------------------------
+# robustness: inputs checked before anything is deleted, --force keeps the old set until the new one is done,
+# a stopped run is marked INCOMPLETE, numeric flags and output paths checked first, a corrupt tokenizer cache
+
+def _jsonl(path, docs):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return str(path)
+
+
+def _files(folder):
+    """{relative path: bytes} of everything under folder (hidden files and subfolders included)."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, names in os.walk(folder) for f in names}
+
+
+def _stopping_texts(monkeypatch, n_docs, how):
+    """local_texts yields n_docs of its documents, then is stopped by how(): Ctrl-C, SIGTERM or an error."""
+    real = prepare_fineweb.local_texts
+
+    def texts(files):
+        yield from itertools.islice(real(files), n_docs)
+        how()
+    monkeypatch.setattr(prepare_fineweb, "local_texts", texts)
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def _sigterm():
+    # without main()'s handler SIGTERM would kill pytest itself: fail instead
+    assert signal.getsignal(signal.SIGTERM) is prepare_fineweb._sigterm, "no SIGTERM handler in main()"
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+
+
+@needs_tokenizer
+def test_force_keeps_the_old_shards_until_the_new_set_is_done(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    good, out = _jsonl(tmp_path / "good.jsonl", DOCS * 3), str(tmp_path / "shards")
+    argv = ["--out_dir", out, "--val_tokens=20", "--shard_size=50", "--workers=1"]
+    prepare_fineweb.main(["--input", good] + argv)
+    old = _files(out)
+    assert len(old) >= 4
+    notext = tmp_path / "notext.parquet"
+    pq.write_table(pa.table({"id": [1, 2]}), str(notext))
+    bad_line = _jsonl(tmp_path / "bad.jsonl", DOCS)
+    with open(bad_line, "a") as f:
+        f.write('{"body": "no text"}\n')
+    # the second input is checked before the first is tokenized, and before anything is deleted
+    monkeypatch.setattr(prepare_fineweb, "write_shard", lambda *a: pytest.fail("tokenized before checking"))
+    with pytest.raises(SystemExit, match="notext.parquet has no 'text' column"):
+        prepare_fineweb.main(["--input", good, str(notext)] + argv + ["--force=1"])
+    assert _files(out) == old
+    monkeypatch.setattr(prepare_fineweb, "write_shard", write_shard)
+    # a --force run stopped half-way (bad content, Ctrl-C, SIGTERM) removes its new shards, keeps the old set
+    for src, stop, expect in [(bad_line, None, "line 6 is not a JSON object"), (good, _ctrl_c, "interrupted"),
+                              (good, _sigterm, "interrupted")]:
+        with monkeypatch.context() as m:
+            if stop:
+                _stopping_texts(m, 10, stop)
+            with pytest.raises(SystemExit) as e:
+                prepare_fineweb.main(["--input", src] + argv + ["--force=1", "--val_tokens=2"])
+        assert expect in str(e.value) and str(e.value).endswith(f"the old shards in {out} were kept"), e.value
+        assert _files(out) == old
+    # a --force run that finishes replaces the set (and no old higher-numbered shard survives)
+    prepare_fineweb.main(["--input", good] + argv + ["--force=1", "--max_tokens=30"])
+    assert sorted(_files(out)) == ["fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+
+
+@needs_tokenizer
+def test_a_stopped_run_is_marked_incomplete(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    src, out = _jsonl(tmp_path / "docs.jsonl", DOCS * 4), tmp_path / "shards"
+    argv = ["--input", src, "--out_dir", str(out), "--val_tokens=20", "--shard_size=50", "--workers=1"]
+    ENOSPC_AFTER = 2
+
+    def disk_full(path, toks):
+        if len(written) == ENOSPC_AFTER:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        write_shard(path, toks)
+    for stop in (_ctrl_c, _sigterm, "disk full"):
+        written = []
+        shutil.rmtree(out, ignore_errors=True)
+        with monkeypatch.context() as m:
+            if stop == "disk full":
+                m.setattr(prepare_fineweb, "write_shard", disk_full)
+            else:
+                _stopping_texts(m, 10, stop)
+            with pytest.raises(SystemExit) as e:
+                prepare_fineweb.main(argv)
+        msg = str(e.value)
+        assert "\n" not in msg and "complete shard(s) kept" in msg and prepare_fineweb.INCOMPLETE in msg, msg
+        marker = (out / "INCOMPLETE").read_text()
+        assert "re-run with --force=1 to redo it" in marker and marker.count("\n") <= 2
+        full = sorted(p.name for p in out.iterdir())
+        assert len(full) >= 2 and not [p for p in full if p.endswith(".tmp")]
+        with pytest.raises(SystemExit, match="stopped early: see .*INCOMPLETE.*--force=1"):
+            prepare_fineweb.main(argv)
+    assert "No space left on device after 2 complete shard(s)" in marker
+    prepare_fineweb.main(argv + ["--force=1"])   # a finished --force run removes the marker
+    assert not (out / "INCOMPLETE").exists()
+    # stopped before its first complete shard: the folder it made is removed, not left empty
+    with monkeypatch.context() as m:
+        _stopping_texts(m, 1, _ctrl_c)
+        with pytest.raises(SystemExit, match="interrupted"):
+            prepare_fineweb.main(argv[:3] + [str(tmp_path / "new" / "deep")] + argv[4:])
+    assert not (tmp_path / "new").exists()
+
+
+@needs_tokenizer
+def test_non_string_or_non_utf8_text_names_the_file(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    ints, jsonl, txt = tmp_path / "ints.parquet", tmp_path / "five.jsonl", tmp_path / "bad.txt"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), str(ints))
+    jsonl.write_text('{"text": "fine words here"}\n{"text": 5}\n')
+    txt.write_bytes(b"ok \xff\xfe not utf-8")
+    for src, expect in [(ints, "ints.parquet: its 'text' column holds int64, not strings"),
+                        (jsonl, "five.jsonl line 2: 'text' is int, not a string"),
+                        (txt, "bad.txt is not UTF-8 text")]:
+        with pytest.raises(SystemExit) as e:
+            prepare_fineweb.main(["--input", str(src), "--out_dir", str(tmp_path / "o"), "--val_tokens=2",
+                                  "--workers=1"])
+        assert str(e.value).startswith("error: " + str(src)) and expect in str(e.value) and "\n" not in str(e.value)
+        assert not (tmp_path / "o").exists()
+
+
+def test_numeric_flags_and_output_paths_checked_first(tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("some text")
+    good = ["--input", str(src), "--out_dir", str(tmp_path / "o")]
+    for extra, expect in [(["--shard_size=nan"], "--shard_size must be 1 to 2,147,483,647 tokens"),
+                          (["--shard_size=inf"], "got inf"), (["--shard_size=0.5"], "got 0.5"),
+                          (["--val_tokens=1e15"], "--val_tokens must be 1 to"), (["--val_tokens=-3"], "got -3"),
+                          (["--max_tokens=1e4", "--shard_size=1e15"], "--shard_size must be"),
+                          (["--max_tokens=nan"], "--max_tokens must be 0"), (["--max_tokens=inf"], "got inf"),
+                          (["--max_tokens=-1"], "got -1"),
+                          (["--out_dir=/proc/x"], "--out_dir /proc/x: cannot write in /proc"),
+                          (["--prefix=a/b"], "--prefix 'a/b' must be"), (["--prefix="], "--prefix '' must be"),
+                          (["--workers=0"], "--workers must be at least 1")]:
+        with pytest.raises(SystemExit) as e:
+            prepare_fineweb.main(good + extra)
+        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), e.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+@needs_tokenizer
+def test_buffers_are_sized_by_max_tokens(tmp_path, monkeypatch):
+    import tracemalloc
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    src, out = _jsonl(tmp_path / "docs.jsonl", DOCS * 4), str(tmp_path / "o")
+    tracemalloc.start()   # numpy reports its buffers to tracemalloc
+    try:
+        prepare_fineweb.main(["--input", src, "--out_dir", out, "--max_tokens=300", "--shard_size=2e9", "--workers=1"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50e6, f"{peak:,} bytes for a 300-token run"
+    assert sum(len(load_shard(p)) for p in prepare_fineweb.find_shards(out, "train")) == 270
+
+
+def test_check_out_file_refuses_an_unwritable_folder(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: the folder of --out \(/proc\) is not writable") as e:
+        prepare_fineweb.check_out_file("/proc/foo.json")
+    assert "\n" not in str(e.value)
+    prepare_fineweb.check_out_file(str(tmp_path / "a.json"))          # writable: fine
+    if os.geteuid() != 0:  # (root writes into a 0o500 folder anyway)
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(SystemExit, match="is not writable"):
+            prepare_fineweb.check_out_file(str(ro / "x.json"), "--png")
+
+
+def test_a_corrupt_tokenizer_cache_is_reported_and_kept(tmp_path, monkeypatch):
+    name = "0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4"   # sha1 of r50k_base's URL: tiktoken's cache file name
+    good = os.path.join(TIKTOKEN_CACHE, name)
+    if not os.path.isfile(good):
+        pytest.skip(f"no tiktoken cache at {TIKTOKEN_CACHE}")
+    bad = tmp_path / name
+    bad.write_bytes(open(good, "rb").read()[:1000])
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"is corrupt \(sha256 .*\); delete it or copy a good one") as e:
+        prepare_fineweb.gpt2_encoding()
+    assert str(bad) in str(e.value) and "\n" not in str(e.value)
+    assert bad.read_bytes() == open(good, "rb").read()[:1000]   # tiktoken would have deleted it
+    # the constants are the real file's name and hash (tiktoken_ext/openai_public.py's expected_hash)
+    with open(good, "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == prepare_fineweb.R50K_SHA256
+    assert prepare_fineweb.R50K_CACHE == name
+
+
+@needs_tokenizer
+def test_repeated_input_flags_add_up_and_no_bar_before_an_input_error(tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
+    a, b = _jsonl(tmp_path / "a.jsonl", DOCS), _jsonl(tmp_path / "b.jsonl", DOCS)
+    prepare_fineweb.main(["--input", a, "--input", b, "--out_dir", str(tmp_path / "o"), "--val_tokens=20",
+                          "--workers=1"])
+    assert "of 2 inputs read in this order: a.jsonl, b.jsonl" in capsys.readouterr().out
+    notext = tmp_path / "notext.parquet"
+    pq.write_table(pa.table({"id": [1]}), str(notext))
+    with pytest.raises(SystemExit, match="has no 'text' column"):
+        prepare_fineweb.main(["--input", a, str(notext), "--out_dir", str(tmp_path / "p"), "--workers=1"])
+    assert "tok" not in capsys.readouterr().err and not (tmp_path / "p").exists()

@@ -117,3 +117,81 @@ def test_default_run_on_the_cpu_warns(capsys):
     args = recall.get_parser().parse_args(["--device=cpu"])
     recall.check_args(args)
     assert "take hours; for a quick CPU run use the CPU line of --help" in capsys.readouterr().err
+
+
+TINY = ["--device=cpu", "--segments=2", "--segment=16", "--n_embd=32", "--n_head=2", "--n_values=16", "--steps=3",
+        "--batch_size=4", "--eval_rows=8"]
+
+
+def test_bad_numbers_curriculum_and_dtype_one_line(tmp_path, monkeypatch, capsys):
+    # each used to run (or die in a ZeroDivisionError): --lr=0, --log_every=0, an LR that climbs to min_lr, a negative
+    # rate, a repeated or shrinking curriculum labelled "+curriculum", and float16 silently run as float32
+    monkeypatch.setattr(recall.train, "train", lambda *a, **k: pytest.fail("trained with a bad flag"))
+    for flags, expect in [(["--lr=0"], "--lr must be positive"), (["--log_every=0"], "--log_every must be positive"),
+                          (["--min_lr=1", "--lr=3e-3"], "--min_lr (1.0) must be in (0, --lr (0.003)]"),
+                          (["--beta_lr=-1"], "--beta_lr must be at least 0"), (["--warmup=-1"], "--warmup must be at least 0"),
+                          (["--weight_decay=-0.1"], "--weight_decay must be at least 0"),
+                          (["--segments=16", "--curriculum=2,2"], "stages must increase and stay below --segments (16)"),
+                          (["--segments=16", "--curriculum=8,4"], "got '8,4'"),
+                          (["--segments=16", "--curriculum=4,16"], "stay below --segments")]:
+        with pytest.raises(SystemExit) as e:
+            recall.main(TINY + flags + [f"--out_dir={tmp_path / 'run'}", f"--out={tmp_path / 'r.json'}"])
+        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), (flags, e.value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        recall.main(TINY + ["--dtype=float16"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "--dtype: invalid choice: 'float16'" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_out_dir_is_per_run(tmp_path, monkeypatch):
+    # the README's CPU line, then the same with another --steps or --seed: each used to be refused ("ckpt.pt exists")
+    # since the default out_dir ignored those flags, and --resume=1 too (they differ from the saved ones)
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--steps=4"], ["--seed=3"]):
+        recall.main(TINY + extra + ["--out=r.json"])
+    dirs = sorted(p.name for p in (tmp_path / "out" / "recall").iterdir())
+    assert len(dirs) == 3 and all(d.startswith("infini-delta-s2x16-p1-hd16-") and len(d.split("-")[-1]) == 8 for d in dirs)
+    parse = lambda flags: recall.default_out_dir(recall.get_parser().parse_args(TINY + flags), "n", 16)
+    assert parse([]) == parse(["--log_every=7", "--resume=1", "--name=x"]) != parse(["--n_keys=64"])   # only run flags
+
+
+def test_progress_and_signal_during_evaluation(tmp_path, monkeypatch):
+    # Ctrl-C after training, during the evaluation (minutes with a large --eval_rows), printed a KeyboardInterrupt
+    # traceback; now one line that says the checkpoint is kept. The evaluation shows a progress bar (with an ETA).
+    import signal
+    import tqdm
+    seen = []
+
+    class Bar:                                   # records what accuracy tells tqdm
+        def __init__(self, total, **kw):
+            seen.append(total)
+
+        def update(self, n):
+            seen.append(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.setattr(recall.train, "train", lambda *a, **k: None)
+    flags = TINY + [f"--out_dir={tmp_path / 'run'}", f"--out={tmp_path / 'r.json'}"]
+    recall.main(flags + ["--eval_rows=10"])
+    assert seen == [10, 4, 4, 2]
+    make_batch = recall.make_batch
+
+    def interrupted(*a):
+        signal.raise_signal(signal.SIGINT)
+        return make_batch(*a)
+    monkeypatch.setattr(recall, "make_batch", interrupted)
+    with pytest.raises(SystemExit) as e:
+        try:
+            recall.main(flags)
+        except KeyboardInterrupt:
+            pytest.fail("KeyboardInterrupt (a traceback) instead of one line")
+    assert str(e.value) == (f"stopped by SIGINT during the evaluation: the trained checkpoint {tmp_path / 'run' / 'ckpt.pt'} "
+                            "is saved; the same command plus --resume=1 evaluates it")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler         # restored

@@ -103,6 +103,18 @@ def test_eta_format():
     assert train.format_eta(3725) == "1h02m" and train.format_eta(247) == "4m07s" and train.format_eta(0.4) == "0m00s"
 
 
+def test_loader_warns_of_a_truncated_shard_set(shards, tmp_path, capsys):
+    # prepare_fineweb.py marks the shards of a run it did not finish; training on them is allowed, and said
+    import shutil
+    d = shutil.copytree(shards, str(tmp_path / "d"))
+    train.TokenData(d, 64, seed=0)
+    assert capsys.readouterr().err == ""
+    with open(os.path.join(d, prepare_fineweb.INCOMPLETE), "w") as f:
+        f.write("interrupted after 2 complete shard(s), 20,000 tokens: a truncated set; re-run with --force=1\n")
+    train.TokenData(d, 64, seed=0)
+    assert "holds a truncated shard set" in capsys.readouterr().err
+
+
 def test_lr_schedule():
     f = lambda s: train.lr_multiplier(s, warmup=10, total=110, min_ratio=0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)

@@ -47,7 +47,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import PRESETS, Llama, compile_model, make_config
-from prepare_fineweb import ArgumentParser, find_shards, load_shard
+from prepare_fineweb import INCOMPLETE, ArgumentParser, find_shards, load_shard
 
 # -----------------------------------------------------------------------------
 # checkpoint I/O, shared by train.py, finetune.py and passkey.py
@@ -299,6 +299,12 @@ class TokenData:
         if not train or not val:
             raise SystemExit(f"error: no token shards (*_train_*.bin and *_val_*.bin) in {data_dir}; run "
                              "prepare_fineweb.py first, or pass --data_dir=<folder with shards>")
+        marker = os.path.join(data_dir, INCOMPLETE)
+        if os.path.exists(marker) and int(os.environ.get("RANK", 0)) == 0:
+            with open(marker) as f:
+                why = f.readline().strip()
+            print(f"warning: {data_dir} holds a truncated shard set ({marker}: {why}); training on the shards "
+                  "it has", file=sys.stderr, flush=True)
         self.shards = [load_shard(p) for p in train]
         self.val = load_shard(val[0])
         self.seq_len, self.seed = seq_len, seed
