@@ -6,6 +6,9 @@ zero-shot / fine-tuned evaluation of a checkpoint over a grid of prompt lengths 
         --depths 0 25 50 75 100 --samples 10 --seed 0 --out out/passkey.json
     python passkey.py --random_init --model tiny --attn infini --lengths 256 1024 --device cpu   # smoke test
 
+--out is rewritten after every finished cell (length, depth), marked "partial": true until the last one: a
+Ctrl-C, SIGTERM or crash loses at most the cell in progress, and the same command with --resume=1 continues.
+
 A sample is P2's template (App. B): intro, filler sentences, the needle
 "The pass key is {k}. Remember it. {k} is the pass key." at a depth, more filler, then
 "What is the pass key? The pass key is" and the answer " {k}.". Scoring follows P1/HFB: greedy
@@ -14,11 +17,14 @@ decoding, correct if the key appears anywhere in the generated text; an exact-ma
 Infini and local models read the prompt in streaming mode (chunks of whole segments, memory carried
 between calls), so GPU memory stays flat in the prompt length; full attention reads it in one call.
 """
+import contextlib
 import hashlib
 import json
 import os
 import random
 import re
+import signal
+import threading
 import time
 
 import torch
@@ -156,9 +162,22 @@ def greedy_continue(model, prompt, new_tokens, chunk=None):
 # -----------------------------------------------------------------------------
 # the evaluation grid
 
-def load_model(args, device):
+def load_weights(model, state_dict, path, assign=False):
+    """A checkpoint's weights into model (a torch.compile'd module's state_dict too), or one line naming the
+    file: load_state_dict's own error is a page long (plots.py uses this as well)."""
+    try:
+        sd = {k.removeprefix("_orig_mod."): v for k, v in state_dict.items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=assign)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        raise SystemExit(f"error: {path} does not fit this model ({lines[min(1, len(lines) - 1)]})")
+    if missing or unexpected:
+        raise SystemExit(f"error: {path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def load_model(args, device, n_vocab):
     """(model, label, the checkpoint's own segment or None) from --ckpt, or a randomly initialised preset
-    with --random_init."""
+    with --random_init. n_vocab: the tokenizer's; a smaller embedding table (recall.py's) cannot read prompts."""
     from model import Llama, LlamaConfig, make_config
     if args.random_init:
         torch.manual_seed(args.seed)
@@ -170,30 +189,36 @@ def load_model(args, device):
     else:
         from train import load_checkpoint
         ckpt = load_checkpoint(args.ckpt)
-        cfg = dict(ckpt["config"])
+        try:
+            cfg = dict(ckpt["config"])
+            own, vocab = cfg["segment"], cfg["vocab_size"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise SystemExit(f"error: {args.ckpt} has no usable model config ({type(e).__name__}: {e})")
+        if vocab < n_vocab:   # as finetune.py says it
+            raise SystemExit(f"error: {args.ckpt} has a vocabulary of {vocab}, smaller than GPT-2's {n_vocab}")
         cfg["fast_memory"] = LlamaConfig.fast_memory   # a code path, not the model's: today's default, whatever was saved
-        own = cfg["segment"]
         if args.segment is not None:
             if cfg["attn"] == "full":
                 raise SystemExit(f"error: --segment does not apply to {args.ckpt}: a full-attention model has no segments")
             cfg["segment"] = args.segment
         try:
             model = Llama(LlamaConfig(**cfg))
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             raise SystemExit(f"error: {e}")
-        # accept a state_dict saved from a torch.compile'd module too
-        model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})
+        load_weights(model, ckpt["model"], args.ckpt)
         label = args.ckpt
     return model.to(device).eval(), label, own
 
 
 def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=None, batch_size=8,
-             device="cpu", progress=True):
+             device="cpu", progress=True, done=(), on_cell=None):
     """Accuracy grid over lengths x depths (depths in percent). Returns the JSON-ready result dict.
     Sample (length, depth, i) draws its key from random.Random(f"{seed}-{length}-{depth}-{i}"): the
     prompts are reproducible, and a cell does not change when other lengths or depths are added.
     A cell whose forward pass runs out of GPU memory even one prompt at a time is recorded as "oom"
-    (accuracy None), so a full-attention model's grid ends where its memory does, without a crash."""
+    (accuracy None), so a full-attention model's grid ends where its memory does, without a crash.
+    done: the records of cells an interrupted run finished (--resume=1), kept as they are; on_cell(records)
+    is called after each new cell with the records of all cells finished so far (main writes them to --out)."""
     from tqdm import tqdm
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if str(device).startswith("cuda") \
         else torch.autocast("cpu", enabled=False)
@@ -214,41 +239,48 @@ def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=N
         return None
 
     qmark = enc.encode("?")[0]  # how a generated id past the tokenizer's vocabulary is shown
-    records, acc, exact = [], [], []
-    bar = tqdm(total=len(lengths) * len(depths) * samples, disable=not progress, desc="passkey")
-    for L in lengths:
-        acc.append([])
-        exact.append([])
-        for d in depths:
-            cell, prompts = [], []
-            for i in range(samples):
-                key = random_key(random.Random(f"{seed}-{L}-{d}-{i}"), eval=True)
-                ids, a = make_sample(enc, L, d / 100, key)
-                cell.append(dict(length=L, depth=d, key=key, generated=None, correct=None, exact=None))
-                prompts.append(ids[:a])
-            # batch prompts of equal length (keys of different token counts make lengths differ)
-            oom = False
-            for n in sorted({len(p) for p in prompts}):
-                idx = [i for i, p in enumerate(prompts) if len(p) == n]
-                for b in range(0, len(idx), batch_size):
-                    rows = idx[b:b + batch_size]
-                    out = None if oom else decode([prompts[i] for i in rows])
-                    oom = out is None
-                    for i, o in zip(rows, out or []):
-                        # ids past the tokenizer's (the embedding table is padded to a multiple of 64) have no
-                        # text, but a barely trained model may emit them: shown as "?" (dropping them could
-                        # join "12" and "34" into a key)
-                        text = enc.decode([t if t < enc.n_vocab else qmark for t in o])
-                        ok, ex = score(text, cell[i]["key"])
-                        cell[i].update(generated=text, correct=ok, exact=ex)
-                    bar.update(len(rows))
-            records += cell
-            acc[-1].append(None if oom else sum(r["correct"] for r in cell) / samples)
-            exact[-1].append(None if oom else sum(r["exact"] for r in cell) / samples)
-    bar.close()
+    cells = {}                  # (length, depth) -> the records of its samples; a cell's grid values come from them
+    for r in done:
+        cells.setdefault((r["length"], r["depth"]), []).append(r)
+    grid_order = lambda: [r for L in lengths for d in depths for r in cells.get((L, d), [])]
+    with tqdm(total=len(lengths) * len(depths) * samples, initial=len(cells) * samples, disable=not progress,
+              desc="passkey") as bar:     # (closed on a signal too: the stop line gets a line of its own)
+        for L in lengths:
+            for d in depths:
+                if (L, d) in cells:
+                    continue
+                cell, prompts = [], []
+                for i in range(samples):
+                    key = random_key(random.Random(f"{seed}-{L}-{d}-{i}"), eval=True)
+                    ids, a = make_sample(enc, L, d / 100, key)
+                    cell.append(dict(length=L, depth=d, key=key, generated=None, correct=None, exact=None))
+                    prompts.append(ids[:a])
+                # batch prompts of equal length (keys of different token counts make lengths differ)
+                oom = False
+                for n in sorted({len(p) for p in prompts}):
+                    idx = [i for i, p in enumerate(prompts) if len(p) == n]
+                    for b in range(0, len(idx), batch_size):
+                        rows = idx[b:b + batch_size]
+                        out = None if oom else decode([prompts[i] for i in rows])
+                        oom = out is None
+                        for i, o in zip(rows, out or []):
+                            # ids past the tokenizer's (the embedding table is padded to a multiple of 64) have no
+                            # text, but a barely trained model may emit them: shown as "?" (dropping them could
+                            # join "12" and "34" into a key)
+                            text = enc.decode([t if t < enc.n_vocab else qmark for t in o])
+                            ok, ex = score(text, cell[i]["key"])
+                            cell[i].update(generated=text, correct=ok, exact=ex)
+                        bar.update(len(rows))
+                cells[(L, d)] = cell
+                if on_cell:
+                    on_cell(grid_order())
+    # an oom cell is one with an unscored sample (after an oom the rest of the cell is skipped)
+    mean = lambda cell, k: None if any(r[k] is None for r in cell) else sum(r[k] for r in cell) / samples
+    acc = [[mean(cells[(L, d)], "correct") for d in depths] for L in lengths]
+    exact = [[mean(cells[(L, d)], "exact") for d in depths] for L in lengths]
     cfg = model.cfg
     return dict(attn=cfg.attn, segment=cfg.segment, lengths=list(lengths), depths=list(depths),
-                accuracy=acc, exact=exact, samples=samples, seed=seed, new_tokens=new_tokens, records=records)
+                accuracy=acc, exact=exact, samples=samples, seed=seed, new_tokens=new_tokens, records=grid_order())
 
 
 def format_table(result, key="accuracy"):
@@ -286,6 +318,8 @@ def get_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
     p.add_argument("--out", default="out/passkey.json", help="result JSON (records of every sample)")
     p.add_argument("--overwrite", type=int, default=0, choices=(0, 1), help="1 = replace an existing --out")
+    p.add_argument("--resume", type=int, default=0, choices=(0, 1),
+                   help="1 = continue the partial --out of an interrupted run of the same command")
     return p
 
 
@@ -314,33 +348,122 @@ def check_args(args, enc):
         if not fits(L):
             need = next(n for n in range(L, L + 10_000) if fits(n))
             raise SystemExit(f"error: --lengths {L} is too short for the passkey template (at least {need} tokens)")
+    for flag in ("lengths", "depths"):                 # a repeated value was a repeated row or column
+        twice = sorted({v for v in getattr(args, flag) if getattr(args, flag).count(v) > 1})
+        if twice:
+            raise SystemExit(f"error: --{flag} lists {', '.join(map(str, twice))} more than once")
     from train import check_device
     check_device(args.device)
     from prepare_fineweb import check_out_file
     check_out_file(args.out)                        # not a folder, and its folder exists
-    if os.path.exists(args.out) and not args.overwrite:
-        raise SystemExit(f"error: {args.out} exists; pass another --out or --overwrite=1 to replace it")
+    if args.resume and args.overwrite:
+        raise SystemExit("error: --resume=1 continues --out, --overwrite=1 replaces it: give one of them")
+    args.previous = prev = read_partial(args.out) if not args.overwrite else None
+    if os.path.exists(args.out) and not args.overwrite and not (prev and args.resume):
+        if prev:
+            raise SystemExit(f"error: {args.out} is a partial result ({len(prev['cells'])} of "
+                             f"{len(prev['lengths']) * len(prev['depths'])} cells); pass --resume=1 to continue it "
+                             "or --overwrite=1 to start over")
+        what = " (a finished result: nothing to resume)" if args.resume else ""
+        raise SystemExit(f"error: {args.out} exists{what}; pass another --out or --overwrite=1 to replace it")
+    if args.resume and not prev:
+        print(f"--resume=1: {args.out} does not exist yet; starting from the first cell", flush=True)
+
+
+def read_partial(path):
+    """The saved dict of an interrupted run at path, its finished cells added as d["cells"]; None when there is
+    no such file or it is anything else (a finished result, another file, one not written by passkey.py)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        if not (isinstance(d, dict) and d.get("partial") is True):
+            return None
+        d["cells"] = {(r["length"], r["depth"]) for r in d["records"]}
+        whole = len(d["records"]) == len(d["cells"]) * d["samples"]          # every cell has all its samples
+        return d if whole and all(L in d["lengths"] and x in d["depths"] for L, x in d["cells"]) else None
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+# what makes two runs the same run: a partial --out continues only under the same values
+RUN_KEYS = ("checkpoint", "checkpoint_segment", "attn", "segment", "lengths", "depths", "samples", "seed", "new_tokens")
+
+
+def write_json(path, obj):
+    """Atomically (a temporary file, then a rename): a run killed mid-write never leaves half a JSON. A late
+    failure (disk full, permissions) is one line."""
+    from prepare_fineweb import out_folder
+    tmp = path + ".tmp"
+    try:
+        out_folder(path)
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {path} ({e.strerror or e})")
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)                          # (gone already after the rename)
+
+
+class StopOnSignal:
+    """While active, SIGINT (Ctrl-C) and SIGTERM (what job schedulers send before they kill) end the run with
+    one line and a non-zero exit. --out holds the finished cells already (main writes it after each, and keeps
+    self.done current), so there is nothing to save: the line says what is there and how to continue."""
+
+    def __init__(self, out, total):
+        self.out, self.total, self.done, self.old = out, total, 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        where = (f"{self.done} of {self.total} cells are in {self.out} (partial); the same command with "
+                 "--resume=1 continues" if self.done else "no cell was finished, nothing written")
+        raise SystemExit(f"stopped by {signal.Signals(signum).name}: {where}")
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    from prepare_fineweb import gpt2_encoding
-    enc = gpt2_encoding()
-    check_args(args, enc)
-    model, label, own_segment = load_model(args, args.device)
-    if args.chunk is not None and model.cfg.attn != "full" and args.chunk % model.cfg.segment:
-        raise SystemExit(f"error: --chunk ({args.chunk}) must be a multiple of the segment ({model.cfg.segment})")
-    t0 = time.time()
-    result = evaluate(model, enc, args.lengths, args.depths, args.samples, seed=args.seed,
-                      new_tokens=args.new_tokens, chunk=args.chunk, batch_size=args.batch_size, device=args.device)
-    result = dict(checkpoint=label, seconds=round(time.time() - t0, 1), **result)
-    if own_segment is not None and own_segment != model.cfg.segment:   # read at another segment (--segment)
-        result["checkpoint_segment"] = own_segment
-    from prepare_fineweb import out_folder
-    out_folder(args.out)
-    with open(args.out + ".tmp", "w") as f:  # atomic: a killed run never leaves half a JSON
-        json.dump(result, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    with StopOnSignal(args.out, len(args.lengths) * len(args.depths)) as stop:
+        from prepare_fineweb import gpt2_encoding
+        enc = gpt2_encoding()
+        check_args(args, enc)
+        prev = args.previous
+        model, label, own_segment = load_model(args, args.device, enc.n_vocab)
+        cfg = model.cfg
+        if args.chunk is not None and cfg.attn != "full" and args.chunk % cfg.segment:
+            raise SystemExit(f"error: --chunk ({args.chunk}) must be a multiple of the segment ({cfg.segment})")
+        settings = dict(checkpoint=label, attn=cfg.attn, segment=cfg.segment, lengths=args.lengths,
+                        depths=args.depths, samples=args.samples, seed=args.seed, new_tokens=args.new_tokens)
+        if own_segment is not None and own_segment != cfg.segment:   # read at another segment (--segment)
+            settings["checkpoint_segment"] = own_segment
+        differ = [f"{k} {settings.get(k)} (saved: {prev.get(k)})" for k in RUN_KEYS
+                  if prev and prev.get(k) != settings.get(k)]
+        if differ:
+            raise SystemExit(f"error: --resume=1 continues {args.out}, but this command differs from its run: "
+                             f"{'; '.join(differ)}; repeat that run's flags, or pass --overwrite=1 to start over")
+        done = prev["records"] if prev else []
+        stop.done = len(done) // args.samples
+        t0 = time.time() - (prev.get("seconds", 0) if prev else 0)   # a resumed run's time includes the first part's
+
+        def on_cell(records):
+            write_json(args.out, dict(settings, partial=True, seconds=round(time.time() - t0, 1), records=records))
+            stop.done = len(records) // args.samples
+
+        result = evaluate(model, enc, args.lengths, args.depths, args.samples, seed=args.seed,
+                          new_tokens=args.new_tokens, chunk=args.chunk, batch_size=args.batch_size,
+                          device=args.device, done=done, on_cell=on_cell)
+        result = dict(checkpoint=label, seconds=round(time.time() - t0, 1), **result)
+        if "checkpoint_segment" in settings:
+            result["checkpoint_segment"] = own_segment
+        write_json(args.out, result)
     print(format_table(result))
     print(format_table(result, "exact"))
     print(f"wrote {args.out} ({result['seconds']} s)")

@@ -12,6 +12,7 @@ A = g * A_mem + (1 - g) * A_dot, so g = 1 is a pure memory head and g = 0 a pure
 """
 import json
 import os
+import sys
 
 import matplotlib
 matplotlib.use("Agg")   # files only, no display needed (servers, CI)
@@ -24,24 +25,71 @@ import numpy as np
 # inputs, each failing with one line that names the file
 
 def read_log(path):
-    """The rows of a log.jsonl file (blank lines skipped)."""
+    """The rows of a log.jsonl file (blank lines skipped). A malformed last line is what a crash mid-write
+    leaves (train.py's Log drops it too): skipped with a warning; anywhere else it is an error."""
     try:
         with open(path) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot read log {path} ({type(e).__name__}: {e})")
+    rows = []
+    for n, line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:   # (e's own position counts within the line: "line 1 column 14")
+            if n != lines[-1][0]:
+                raise SystemExit(f"error: {path} line {n} is not JSON ({e.msg} at column {e.colno})")
+            print(f"warning: {path} line {n} is cut short (a crash mid-write?): skipped", file=sys.stderr)
     return [r for r in rows if isinstance(r, dict)]
 
 
-def read_json(path):
+def read_json(path, key="accuracy"):
+    """A finished passkey.py result whose grid `key` fits its lengths x depths, or one line naming the file."""
     try:
         with open(path) as f:
             d = json.load(f)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: cannot read {path} ({type(e).__name__}: {e})")
-    if not isinstance(d, dict) or not {"lengths", "depths", "accuracy"} <= d.keys():
-        raise SystemExit(f"error: {path} is not a passkey.py result (needs lengths, depths, accuracy)")
+    if isinstance(d, dict) and d.get("partial"):
+        raise SystemExit(f"error: {path} is a partial passkey.py result (an interrupted run): finish it with "
+                         "passkey.py --resume=1 and the same flags")
+    if not isinstance(d, dict) or not {"lengths", "depths", key} <= d.keys():
+        raise SystemExit(f"error: {path} is not a passkey.py result (needs lengths, depths, {key})")
+
+    def bad(why):
+        raise SystemExit(f"error: {path} is not a usable passkey.py result: {why}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    L, D, grid = d["lengths"], d["depths"], d[key]
+    if not all(isinstance(x, list) and x and all(map(number, x)) for x in (L, D)) or min(L) <= 0:
+        bad("lengths and depths must be non-empty lists of numbers (lengths positive)")
+    if not (isinstance(grid, list) and len(grid) == len(L) and all(isinstance(r, list) and len(r) == len(D)
+                                                                   for r in grid)):
+        bad(f"its {key} grid is not {len(L)} rows (lengths) x {len(D)} columns (depths)")
+    if not all(v is None or number(v) and 0 <= v <= 1 for r in grid for v in r):
+        bad(f"its {key} values must be numbers in [0, 1] or null (oom)")
+    if not (d.get("segment") is None or number(d["segment"]) and d["segment"] > 0):
+        bad("its segment must be a positive number")
     return d
+
+
+def read_rows(path, keys, what, numeric=()):
+    """A JSON list of result rows (dicts holding keys, numbers under numeric), or one line naming the file and
+    what is wrong."""
+    try:
+        with open(path) as f:
+            rows = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: cannot read {path} ({type(e).__name__}: {e})")
+    if not isinstance(rows, list) or not rows:
+        raise SystemExit(f"error: {path} is not a {what} result (a non-empty JSON list of rows)")
+    for i, r in enumerate(rows):
+        missing = sorted(keys - r.keys() if isinstance(r, dict) else keys)
+        if missing:
+            raise SystemExit(f"error: {path} is not a {what} result (row {i} lacks {missing})")
+        text = [k for k in numeric if not isinstance(r[k], (int, float)) or isinstance(r[k], bool)]
+        if text:
+            raise SystemExit(f"error: {path} is not a {what} result (row {i}: {text} must be numbers)")
+    return rows
 
 
 def gates_from_ckpt(path):
@@ -49,22 +97,37 @@ def gates_from_ckpt(path):
     (hard sigmoid or sigmoid) is never duplicated. Built on the meta device: no init, no memory."""
     import torch
     from model import Llama, LlamaConfig
+    from passkey import load_weights
     from train import load_checkpoint
     ckpt = load_checkpoint(path)
-    cfg = LlamaConfig(**ckpt["config"])
+    try:
+        cfg = LlamaConfig(**ckpt["config"])
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"error: {path} has no usable model config ({type(e).__name__}: {e})")
     if cfg.attn != "infini":
         raise SystemExit(f"error: {path} is a '{cfg.attn}' model; only infini models have gates")
     with torch.device("meta"):
         model = Llama(cfg)
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}, assign=True)
+    load_weights(model, ckpt["model"], path, assign=True)
     return model.gates().numpy()
+
+
+def gate_array(rows, path):
+    """The 'gates' of log rows as one (rows, layer, head) array, or one line naming the file."""
+    try:
+        g = np.array([r["gates"] for r in rows], dtype=float)
+    except (ValueError, TypeError):
+        g = None
+    if g is None or g.ndim != 3:
+        raise SystemExit(f"error: {path}: the 'gates' of its rows are not numeric layer x head grids of one shape")
+    return g
 
 
 def gates_from_log(path):
     rows = [r for r in read_log(path) if r.get("gates")]
     if not rows:
         raise SystemExit(f"error: {path} has no rows with 'gates' (is it an infini run?)")
-    return np.array(rows[-1]["gates"], dtype=float), rows[-1].get("step")
+    return gate_array(rows[-1:], path)[0], rows[-1].get("step")
 
 # -----------------------------------------------------------------------------
 # figures
@@ -86,13 +149,13 @@ def plot_gates(g, title, out):
     save(fig, out)
 
 
-def plot_gate_trend(rows, title, out):
+def plot_gate_trend(rows, title, out, path="the log"):
     """Per-layer mean gate against training step, one line per layer plus the overall mean."""
     rows = [r for r in rows if r.get("gates") and "step" in r]
     if not rows:
-        raise SystemExit("error: the log has no rows with both 'step' and 'gates'")
+        raise SystemExit(f"error: {path} has no rows with both 'step' and 'gates' (is it an infini run?)")
     steps = [r["step"] for r in rows]
-    g = np.array([r["gates"] for r in rows], dtype=float)            # (rows, layer, head)
+    g = gate_array(rows, path)                                       # (rows, layer, head)
     per_layer = g.mean(2)
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     cmap = plt.get_cmap("viridis")
@@ -190,7 +253,8 @@ def plot_streaming(rows, out):
     """bench.py --mode=stream rows {attn, length, peak_gb, tok_s}: peak memory and prefill speed vs length."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     for attn in sorted({r["attn"] for r in rows}):
-        rs = sorted((r for r in rows if r["attn"] == attn and r.get("peak_gb") is not None), key=lambda r: r["length"])
+        rs = sorted((r for r in rows if r["attn"] == attn and None not in (r.get("peak_gb"), r.get("tok_s"))),
+                    key=lambda r: r["length"])
         L = [r["length"] for r in rs]
         a1.plot(L, [r["peak_gb"] for r in rs], "o-", label=attn)
         a2.plot(L, [r["tok_s"] / 1e3 for r in rs], "o-", label=attn)
@@ -201,6 +265,10 @@ def plot_streaming(rows, out):
         ax.legend()
     fig.tight_layout()
     save(fig, out)
+
+
+# the keys plot_recall reads from every row
+RECALL_KEYS = {"name", "attn", "n_pairs", "curriculum", "head_dim", "acc", "acc_by_distance", "chance"}
 
 
 def plot_recall(rows, out, title="recall"):
@@ -243,11 +311,17 @@ def image_format(out):
 def save(fig, out):
     # to a temporary name first: Ctrl-C mid-write never leaves a truncated figure under the real name
     from prepare_fineweb import out_folder
-    out_folder(out)
     tmp = out + ".tmp"
-    fig.savefig(tmp, dpi=130, format=image_format(out))
-    os.replace(tmp, out)
-    plt.close(fig)
+    try:
+        out_folder(out)
+        fig.savefig(tmp, dpi=130, format=image_format(out))
+        os.replace(tmp, out)
+    except OSError as e:                           # disk full, permissions: one line, no half file left
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise SystemExit(f"error: cannot write {out} ({e.strerror or e})")
+    finally:
+        plt.close(fig)
     print(f"wrote {out}")
 
 # -----------------------------------------------------------------------------
@@ -312,32 +386,23 @@ def main(argv=None):
             g, step = gates_from_log(args.log)
             plot_gates(g, f"memory gates: {args.log} (step {step})", args.out)
     elif args.cmd == "gate_trend":
-        plot_gate_trend(read_log(args.log), f"memory gate per layer: {args.log}", args.out)
+        plot_gate_trend(read_log(args.log), f"memory gate per layer: {args.log}", args.out, args.log)
     elif args.cmd == "loss":
         plot_loss([read_log(x) for x in args.logs], labels_for(args.logs), args.out)
     elif args.cmd == "passkey":
-        plot_passkey([read_json(x) for x in args.json], labels_for(args.json), args.out, args.metric)
+        plot_passkey([read_json(x, args.metric) for x in args.json], labels_for(args.json), args.out, args.metric)
     elif args.cmd == "recall":
         rows = []
         for i, path in enumerate(args.json):
-            try:
-                with open(path) as f:
-                    part = json.load(f)
-                assert isinstance(part, list) and all({"name", "attn", "n_pairs", "acc", "acc_by_distance"} <= r.keys()
-                                                      for r in part)
-            except (OSError, ValueError, AssertionError, AttributeError) as e:
-                raise SystemExit(f"error: {path} is not a recall.py result ({type(e).__name__})")
+            part = read_rows(path, RECALL_KEYS, "recall.py", numeric=("n_pairs", "acc", "chance"))
             tag = f" [{os.path.splitext(os.path.basename(path))[0]}]" if i else ""
-            rows += [dict(r, name=r["name"] + tag) for r in part]
+            rows += [dict(r, name=f"{r['name']}{tag}") for r in part]
+        if not any(r["n_pairs"] == 1 or r["attn"] == "infini" and r["curriculum"] for r in rows):
+            raise SystemExit(f"error: nothing to plot in {' '.join(args.json)}: no one-pair rows, and no infini "
+                             "rows trained with a curriculum")
         plot_recall(rows, args.out, os.path.basename(args.json[0]))
     elif args.cmd == "streaming":
-        try:
-            with open(args.json) as f:
-                rows = json.load(f)
-            assert isinstance(rows, list) and all({"attn", "length"} <= r.keys() for r in rows)
-        except (OSError, ValueError, AssertionError, AttributeError) as e:
-            raise SystemExit(f"error: {args.json} is not a bench.py --mode=stream result ({type(e).__name__})")
-        plot_streaming(rows, args.out)
+        plot_streaming(read_rows(args.json, {"attn", "length"}, "bench.py --mode=stream"), args.out)
 
 
 if __name__ == "__main__":

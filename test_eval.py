@@ -298,6 +298,10 @@ def test_passkey_model_flags_only_with_random_init(enc, tmp_path, flag):
     (["--out", "{tmp}/exists.json"], "exists; pass another --out or --overwrite=1"),
     (["--out", "{tmp}", "--overwrite=1"], "is a folder; give a file name"),
     (["--ckpt", "{tmp}/ckpt.pt"], "--random_init evaluates a random model, --ckpt a trained one: give one of them"),
+    (["--lengths", "256", "512", "256"], "--lengths lists 256 more than once"),      # were repeated rows / records
+    (["--depths", "0", "50", "0", "50"], "--depths lists 0, 50 more than once"),
+    (["--depths", "101"], "--depths are percentages in [0, 100]"),
+    (["--resume=1", "--overwrite=1"], "give one of them"),
 ])
 def test_passkey_bad_input_one_line(enc, tmp_path, monkeypatch, extra, expect):
     if "cuda" in extra and torch.cuda.is_available():
@@ -311,6 +315,103 @@ def test_passkey_bad_input_one_line(enc, tmp_path, monkeypatch, extra, expect):
     msg = str(e.value)
     assert msg.startswith("error:") and "\n" not in msg and expect in msg, msg
     assert not os.path.exists(f"{tmp_path}.tmp")                  # (an --out that is a folder once left one)
+
+TINY = ["--random_init", "--segment", "32", "--lengths", "128", "256", "--depths", "0", "100", "--samples", "2",
+        "--new_tokens", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_passkey_interrupt_then_resume_equals_one_run(enc, tmp_path, monkeypatch, request, signum):
+    # a signal mid-sweep was a traceback (SIGINT) or a silent death (SIGTERM), every finished cell lost
+    import signal
+    whole, cut = tmp_path / "whole.json", tmp_path / "cut.json"
+    passkey.main(TINY + ["--out", str(whole)])
+
+    def unhandled(s, frame):                                  # without the fix: a failure, not pytest's death
+        raise AssertionError(f"passkey.py did not handle {signal.Signals(s).name}")
+    for s in (signal.SIGINT, signal.SIGTERM):
+        request.addfinalizer(lambda s=s, old=signal.signal(s, unhandled): signal.signal(s, old))
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    real, sent = passkey.greedy_continue, []
+
+    def signal_in_third_cell(model, x, *a, **k):              # cells: (128, 0), (128, 100), (256, 0), (256, 100)
+        if x.size(1) > 200 and not sent:
+            sent.append(os.kill(os.getpid(), getattr(signal, signum)))
+        return real(model, x, *a, **k)
+    monkeypatch.setattr(passkey, "greedy_continue", signal_in_third_cell)
+    with pytest.raises(SystemExit) as e:
+        passkey.main(TINY + ["--out", str(cut)])
+    assert str(e.value) == (f"stopped by {signum}: 2 of 4 cells are in {cut} (partial); the same command with "
+                            "--resume=1 continues")
+    part = json.loads(cut.read_text())
+    assert part["partial"] is True and {(r["length"], r["depth"]) for r in part["records"]} == {(128, 0), (128, 100)}
+    assert before == {s: signal.getsignal(s) for s in before}  # the handlers are given back
+    import plots
+    with pytest.raises(SystemExit, match=f"error: {cut} is a partial passkey.py result"):
+        plots.main(["passkey", "--json", str(cut), "--out", str(tmp_path / "pk.png")])
+    # a partial --out is refused without --resume=1; a resume under other settings names what differs
+    for extra, expect in (([], "is a partial result (2 of 4 cells); pass --resume=1 to continue it or --overwrite=1"),
+                          (["--resume=1", "--seed", "1"], "differs from its run: seed 1 (saved: 0); repeat"),
+                          (["--resume=1", "--depths", "0", "50"], "depths [0, 50] (saved: [0, 100])")):
+        with pytest.raises(SystemExit) as e:
+            passkey.main(TINY + ["--out", str(cut)] + extra)
+        assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), str(e.value)
+    cells = []
+    monkeypatch.setattr(passkey, "greedy_continue",
+                        lambda m, x, *a, **k: cells.append(x.size(1)) or real(m, x, *a, **k))
+    passkey.main(TINY + ["--out", str(cut), "--resume=1"])
+    assert min(cells) > 200                                    # the finished cells were not run again
+    a, b = (json.loads(p.read_text()) for p in (whole, cut))
+    assert a.pop("seconds") >= 0 and b.pop("seconds") >= 0 and a == b and "partial" not in b
+    with pytest.raises(SystemExit, match="a finished result: nothing to resume"):
+        passkey.main(TINY + ["--out", str(cut), "--resume=1"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.json", "whole.json"]   # no .tmp left
+
+
+def test_passkey_crash_keeps_finished_cells_and_write_failure_is_one_line(enc, tmp_path, monkeypatch):
+    out = tmp_path / "pk.json"
+    real, calls = passkey.greedy_continue, []
+
+    def crash_second(model, x, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real(model, x, *a, **k)
+    monkeypatch.setattr(passkey, "greedy_continue", crash_second)
+    with pytest.raises(RuntimeError):
+        passkey.main(TINY[:4] + ["128", "--depths", "0", "100", "--samples", "1", "--device", "cpu", "--out", str(out)])
+    assert len(json.loads(out.read_text())["records"]) == 1    # the first cell survived the crash
+    # disk full at the write: one line naming the file, no traceback, no .tmp left
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(passkey.json, "dump", full)
+    with pytest.raises(SystemExit) as e:
+        passkey.main(TINY[:4] + ["128", "--depths", "0", "--samples", "1", "--device", "cpu", "--out", str(out),
+                                 "--overwrite=1"])
+    assert str(e.value) == f"error: cannot write {out} (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pk.json"]
+
+
+def test_passkey_checkpoint_that_does_not_fit_is_one_line(enc, tmp_path):
+    # recall.py's checkpoints have a vocabulary of ~200 (was an IndexError in the embedding), and a state dict
+    # that does not fit the config was load_state_dict's page-long RuntimeError
+    from train import save_checkpoint
+    import dataclasses
+    whole = Llama(make_config("tiny")).state_dict()
+    cases = {"small_vocab": (make_config("tiny", vocab_size=208), None,
+                             "has a vocabulary of 208, smaller than GPT-2's 50257"),
+             "missing": (make_config("tiny"), {k: v for k, v in whole.items() if k != "tok_emb.weight"},
+                         "does not fit this model (missing ['tok_emb.weight']"),
+             "wrong_shape": (make_config("tiny"), Llama(make_config("tiny", n_embd=32, n_head=2)).state_dict(),
+                             "does not fit this model (size mismatch for")}
+    for name, (cfg, sd, expect) in cases.items():
+        save_checkpoint(str(tmp_path / name), {"model": Llama(cfg).state_dict() if sd is None else sd,
+                                               "config": dataclasses.asdict(cfg)})
+        with pytest.raises(SystemExit) as e:
+            passkey.main(["--ckpt", str(tmp_path / name), "--lengths", "128", "--device", "cpu",
+                          "--out", str(tmp_path / "pk.json")])
+        msg = str(e.value)
+        assert msg.startswith(f"error: {tmp_path / name} ") and "\n" not in msg and expect in msg, msg
 
 # -----------------------------------------------------------------------------
 # plots
@@ -433,6 +534,91 @@ def test_plots_bad_out_and_missing_inputs_one_line(tmp_path):
             plots.main(cmd + [missing, "--out", str(tmp_path / "x.png")])
         assert str(e.value) == f"error: {cmd[1]} {missing} does not exist", str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]  # no figure, no .tmp, no folder
+
+def recall_row(**kw):
+    return dict(dict(name="infini", attn="infini", n_pairs=1, curriculum=False, head_dim=16, acc=0.5,
+                     acc_by_distance=[1.0, 0.5, None], chance=1 / 64, lr=1e-3), **kw)
+
+
+def test_plots_bad_results_one_line(tmp_path):
+    # inputs half-validated: KeyError, TypeError in imshow, ValueError, an empty figure with exit 0, '(AssertionError)'
+    import dataclasses
+    import plots
+    from train import save_checkpoint
+    good = dict(attn="infini", segment=16, lengths=[256, 512], depths=[0, 100], accuracy=[[1, 0.5], [0, None]])
+    log = tmp_path / "nogates.jsonl"
+    log.write_text(json.dumps({"step": 1, "loss": 3.0}) + "\n")
+    cfg = make_config("tiny")
+    sd = {k: v for k, v in Llama(cfg).state_dict().items() if k != "norm.weight"}
+    save_checkpoint(str(tmp_path / "unfit.pt"), {"model": sd, "config": dataclasses.asdict(cfg)})
+    cases = [
+        (["passkey", "--metric", "exact"], good, "is not a passkey.py result (needs lengths, depths, exact)"),
+        (["passkey"], dict(good, lengths=[]), "lengths and depths must be non-empty lists of numbers"),
+        (["passkey"], dict(good, lengths=[256]), "its accuracy grid is not 1 rows (lengths) x 2 columns (depths)"),
+        (["passkey"], dict(good, accuracy=["x", "y"]), "its accuracy grid is not 2 rows"),
+        (["passkey"], dict(good, accuracy=[["x", 1], [0, 0]]), "its accuracy values must be numbers in [0, 1] or null"),
+        (["passkey"], dict(good, partial=True), "is a partial passkey.py result (an interrupted run): finish it with"),
+        (["recall"], [{k: v for k, v in recall_row().items() if k != "head_dim"}],
+         "is not a recall.py result (row 0 lacks ['head_dim'])"),
+        (["recall"], [], "is not a recall.py result (a non-empty JSON list of rows)"),
+        (["recall"], [recall_row(acc="0.5")], "is not a recall.py result (row 0: ['acc'] must be numbers)"),
+        (["recall"], good, "is not a recall.py result (a non-empty JSON list of rows)"),   # a passkey.py result
+        (["recall"], [recall_row(n_pairs=4)], "nothing to plot"),
+        (["streaming"], [1], "is not a bench.py --mode=stream result (row 0 lacks ['attn', 'length'])"),
+        (["gate_trend", "--log", str(log)], None, f"error: {log} has no rows with both 'step' and 'gates'"),
+        (["gates", "--ckpt", str(tmp_path / "unfit.pt")], None, "does not fit this model (missing ['norm.weight']"),
+    ]
+    for i, (cmd, content, expect) in enumerate(cases):
+        path = tmp_path / f"in{i}.json"
+        if content is not None:
+            path.write_text(json.dumps(content))
+            cmd = [cmd[0], "--json", str(path)] + cmd[1:]
+        with pytest.raises(SystemExit) as e:
+            plots.main(cmd + ["--out", str(tmp_path / "x.png")])
+        msg = str(e.value)
+        assert msg.startswith("error: ") and "\n" not in msg and expect in msg and "Error)" not in msg, msg
+        assert content is None or str(path) in msg, msg
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob("*.tmp"))
+    # real rows plot (the keys asked for are the ones recall.py writes)
+    path.write_text(json.dumps([recall_row(), *(recall_row(n_pairs=n, curriculum="2,4") for n in (2, 4))]))
+    plots.main(["recall", "--json", str(path), "--out", str(tmp_path / "recall.png")])
+    assert is_png(tmp_path / "recall.png")
+
+
+def test_read_log_skips_a_cut_last_line_only(tmp_path, capsys):
+    # a crash mid-write leaves half a last line: train.py's Log drops it; plots refused the whole log, citing
+    # 'line 1 column 14' (the position within the line)
+    import plots
+    log = tmp_path / "log.jsonl"
+    write_log(log, steps=3)
+    n = len(log.read_text().splitlines())
+    with open(log, "a") as f:
+        f.write('{"step": 3, "loss": 4.')
+    assert len(plots.read_log(str(log))) == n                  # every whole row
+    assert f"warning: {log} line {n + 1} is cut short" in capsys.readouterr().err
+    with open(log, "a") as f:
+        f.write("\n" + json.dumps({"step": 3, "loss": 4.0}) + "\n")
+    with pytest.raises(SystemExit) as e:
+        plots.read_log(str(log))
+    assert str(e.value).startswith(f"error: {log} line {n + 1} is not JSON ("), str(e.value)
+
+
+def test_plots_write_failure_is_one_line(tmp_path, monkeypatch):
+    import matplotlib.figure
+    import plots
+    log = tmp_path / "log.jsonl"
+    write_log(log, steps=3)
+
+    def full(self, fname, **kw):
+        open(fname, "wb").write(b"\x89PNG")                 # half a file, then the disk is full
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    out = tmp_path / "g.png"
+    with pytest.raises(SystemExit) as e:
+        plots.main(["gate_trend", "--log", str(log), "--out", str(out)])
+    assert str(e.value) == f"error: cannot write {out} (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
 
 def test_readme_commands_parse():
     # every `python X.py ...` line of the README's bash blocks is a command its script's parser accepts (a renamed
