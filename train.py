@@ -726,7 +726,7 @@ def main(argv=None):
                        gate=args.gate, segment=args.segment)
     data = TokenData(args.data_dir, args.seq_len, args.seed)
     data.check_vocab(cfg.vocab_size)
-    if args.eval_tokens > len(data.val) - 1 and int(os.environ.get("RANK", 0)) == 0:
+    if args.eval_tokens // args.seq_len > (len(data.val) - 1) // args.seq_len and int(os.environ.get("RANK", 0)) == 0:
         print(f"note: --eval_tokens={args.eval_tokens} is more than the val shard holds ({len(data.val) - 1}): "
               "validating on all of it", file=sys.stderr, flush=True)
     ctx = setup_distributed(args.device)
