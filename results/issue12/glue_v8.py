@@ -1,5 +1,6 @@
-"""Fifth session, H8: the linear rule's D x D state glue as one Triton kernel each way. Written and checked on the CPU
-(Triton's interpreter); no GPU was lent in the session that wrote it, so nothing here has been timed yet.
+"""Fifth session, H8: the linear rule's D x D state glue as one Triton kernel each way. Checked on the CPU (Triton's
+interpreter), then measured on an H200 (glue_v8_h200/, NOTES.md "Fifth session"): the loop kernels save 17-24 us a
+layer in one block, ~0.2 ms a step of kernel time in training, below what a training run resolves; not kept.
 
 What it replaces. Between the memory kernels, memory_fast turns the write's per-segment sums dM_s = sigma(K_s)^T V_s
 (fp32, (B, S, H, D, D)) into the states the read needs, M_prev[s] = M_0 + sum_{t<s} dM_t, which ReadGPU casts to
@@ -12,8 +13,8 @@ shifted cat are index remaps of a scan's output, which inductor does not fuse in
 Here one kernel each way holds a whole column of S + 1 segments of BLOCK state entries in registers, loaded one
 segment down (forward) or in reverse order (backward), so that one inclusive tl.cumsum is the exclusive prefix (or
 suffix) sum, and stores the bf16 operand straight away: 16.8 MB read + 8.4 MB written each way, ~5 us at an H200's
-copy rate, against ~18. Expected: ~25 us a layer, 0.3 ms a step, +0.25 points of x local (0.944 -> ~0.947):
-alone not the 0.95 target, which needs ~100 us a layer.
+copy rate, against ~18 (expected before measuring: ~25 us a layer; measured: the column kernels lose at S = 8, the
+loop kernels, one segment an iteration, win).
 
 One precision change, to the plain path's: the read's dM reaches the suffix sum rounded to bf16 per segment (M_prev
 is now a bf16 tensor, so its gradient is bf16; the read's dM kernel stores it so). The plain path (autograd through
@@ -21,11 +22,12 @@ compressive_memory) rounds it the same way: its gradient of the bf16 cast of M i
 
     python results/issue12/glue_v8.py --interpret          CPU: v8 equals the landed memory_fast (fp32, every output and
                                                            gradient; about a minute)
-    python results/issue12/glue_v8.py OUT_DIR [alone] [check] [layer] [train]     GPU (default: all four)
+    python results/issue12/glue_v8.py OUT_DIR [alone] [check] [layer] [train] [profile]     GPU (default: the first four)
       alone  the landed glue compiled alone (forward + backward) against the two kernels, at each BLOCK
       check  bench.py --mode=check with memory_fast = v8 (its pass mark against the plain path)
       layer  bench.py --mode=layer's kernel list of one 300m block, landed and v8 (kernel sums are stable; wall is not)
-      train  bench.py's train mode, local / linear landed / linear v8 built first, timed in 5 interleaved rounds"""
+      train  bench.py's train mode, local / linear landed / linear v8 built first, timed in 5 interleaved rounds
+      profile  a training step at T = 8192, landed and v8 twice each: CUDA kernel time against wall time"""
 import json
 import os
 import sys
@@ -45,7 +47,8 @@ import model  # noqa: E402
 from model import EPS  # noqa: E402
 
 LANDED = model.memory_fast
-PREFIX_BLOCK = 128          # state entries a program (the column of S + 1 segments: S + 1 <= SP rows in registers)
+PREFIX_BLOCK = 128          # state entries a program (the column of S + 1 segments: SP >= S + 1 rows in registers;
+#                             SP x BLOCK fp32 values over 4 warps: 64 x 128 at S = 32, a spill from S = 128 on)
 
 
 @triton.jit
@@ -81,24 +84,58 @@ def _prefix_bwd_kernel(GMP, GMOUT, GDM, GM0, S, n_full, HDD, NE, SP: tl.constexp
     tl.store(GM0 + e, tl.sum(tl.where(r[:, None] == S, c, 0.0), axis=0) + go, mask=ok)
 
 
-def _prefix_launch(kernel, *tensors, S, n_full, block):
+# The same two kernels as a loop over segments, one segment's BLOCK entries an iteration (no cross-thread scan;
+# the first call on the H200 had the column kernels slower than inductor's at S = 8: glue_v8_h200/glue_v8_call1.json)
+@triton.jit
+def _prefix_fwd_loop_kernel(M0, DM, MP, MOUT, S, n_full, HDD, NE, SP: tl.constexpr, BLOCK: tl.constexpr):
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = e < NE
+    col = (e // HDD) * S * HDD + e % HDD
+    m = tl.load(M0 + e, mask=ok, other=0.0)
+    for s in range(S):                              # n_full is S or S - 1 (Attention: only the last may be short)
+        tl.store(MP + col + s * HDD, m, mask=ok)
+        if s < S - 1 or n_full == S:                # (a short last segment is in no state that is read)
+            m += tl.load(DM + col + s * HDD, mask=ok, other=0.0)
+    tl.store(MOUT + e, m, mask=ok)
+
+
+@triton.jit
+def _prefix_bwd_loop_kernel(GMP, GMOUT, GDM, GM0, S, n_full, HDD, NE, SP: tl.constexpr, BLOCK: tl.constexpr):
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = e < NE
+    col = (e // HDD) * S * HDD + e % HDD
+    go = tl.load(GMOUT + e, mask=ok, other=0.0)
+    r = tl.zeros((BLOCK,), tl.float32)              # sum of g(M_prev[s]) over s > t
+    for i in range(S):
+        t = S - 1 - i
+        tl.store(GDM + col + t * HDD, r + tl.where(t < n_full, go, 0.0), mask=ok)
+        r += tl.load(GMP + col + t * HDD, mask=ok, other=0.0).to(tl.float32)
+    tl.store(GM0 + e, r + go, mask=ok)
+
+
+PREFIX_KIND = "column"      # or "loop"; the GPU run picks the faster alone at T = 8192 for its layer and train parts
+KINDS = {"column": (_prefix_fwd_kernel, _prefix_bwd_kernel), "loop": (_prefix_fwd_loop_kernel, _prefix_bwd_loop_kernel)}
+
+
+def _prefix_launch(which, *tensors, S, n_full, block, kind):
     B, H, D, _ = tensors[-1].shape                                    # the (B, H, D, D) state each kernel writes last
     ne = B * H * D * D
-    kernel[(triton.cdiv(ne, block),)](*tensors, S, n_full, H * D * D, ne, SP=triton.next_power_of_2(S + 1),
-                                      BLOCK=block, num_warps=4)
+    KINDS[kind or PREFIX_KIND][which][(triton.cdiv(ne, block),)](*tensors, S, n_full, H * D * D, ne,
+                                                                  SP=triton.next_power_of_2(S + 1), BLOCK=block, num_warps=4)
 
 
-def prefix_fwd(M0, dM, n_full, dtype, block=None):
+def prefix_fwd(M0, dM, n_full, dtype, block=None, kind=None):
     B, S, H, D, _ = dM.shape
+    assert S - 1 <= n_full <= S, (S, n_full)                # as Attention.forward cuts a sequence
     M_prev, M_out = dM.new_empty(B, S, H, D, D, dtype=dtype), torch.empty_like(M0)
-    _prefix_launch(_prefix_fwd_kernel, M0, dM, M_prev, M_out, S=S, n_full=n_full, block=block or PREFIX_BLOCK)
+    _prefix_launch(0, M0, dM, M_prev, M_out, S=S, n_full=n_full, block=block or PREFIX_BLOCK, kind=kind)
     return M_prev, M_out
 
 
-def prefix_bwd(g_Mp, g_Mo, n_full, dtype, block=None):
+def prefix_bwd(g_Mp, g_Mo, n_full, dtype, block=None, kind=None):
     B, S, H, D, _ = g_Mp.shape
     g_dM, g_M0 = g_Mp.new_empty(B, S, H, D, D, dtype=dtype), torch.empty_like(g_Mo)
-    _prefix_launch(_prefix_bwd_kernel, g_Mp, g_Mo, g_dM, g_M0, S=S, n_full=n_full, block=block or PREFIX_BLOCK)
+    _prefix_launch(1, g_Mp, g_Mo, g_dM, g_M0, S=S, n_full=n_full, block=block or PREFIX_BLOCK, kind=kind)
     return g_dM, g_M0
 
 
@@ -173,8 +210,10 @@ def _run(fn, fused, shape, n_full, mem, dtype, seed=0):
               for i, t in enumerate([qkv, y_dot, torch.rand(1, 1, H, 1, 1)] + state)]
     q, k, v = (leaves[0][:, :, :, c].transpose(2, 3) for c in range(3))
     kernels.fused_on_gpu = lambda t: fused
-    y, (M, z) = fn(q, k, v, leaves[1], leaves[2], "linear", n_full, leaves[3:] if mem else None)
-    kernels.fused_on_gpu = FUSED_ON_GPU
+    try:
+        y, (M, z) = fn(q, k, v, leaves[1], leaves[2], "linear", n_full, leaves[3:] if mem else None)
+    finally:
+        kernels.fused_on_gpu = FUSED_ON_GPU
     gen = torch.Generator().manual_seed(1)
     loss = sum((t.double() * torch.randn(t.shape, generator=gen, dtype=torch.double)).sum() for t in (y, M, z))
     return [y, M, z] + list(torch.autograd.grad(loss, leaves))
@@ -188,11 +227,14 @@ def interpret_check():
     interpreter returns garbage for tl.dot on bf16 operands, ~1e10 for a 16 x 16 product of unit normals, so the
     landed kernels fail there too; the bf16 error is measured on the GPU, by the check part.)"""
     kernels.KERNEL_CFG = {k: (16, 4, 1, 16 if k in kernels.COLUMN_KERNELS else 32) for k in kernels.KERNEL_CFG}
-    global PREFIX_BLOCK
+    global PREFIX_BLOCK, PREFIX_KIND
     worst = 0.0
-    for shape, n_full, mem, block in [((2, 3, 2, 40, 16), 3, True, 128), ((1, 5, 2, 37, 32), 4, True, 64),
-                                                     ((1, 1, 2, 24, 16), 1, False, 1024), ((2, 4, 1, 24, 16), 0, True, 32)]:
-        PREFIX_BLOCK = block                  # 32, 64: several programs a (b, h); 1024: one, half of it masked
+    # (B, S, H, N, D), n_full (S, or S - 1: a short last segment), a memory passed in, BLOCK (32, 64: several
+    # programs a (b, h); 1024: one, half of it masked)
+    cases = [((2, 3, 2, 40, 16), 3, True, 128), ((1, 5, 2, 37, 32), 4, True, 64), ((1, 1, 2, 24, 16), 1, False, 1024),
+             ((2, 4, 1, 24, 16), 3, True, 32), ((2, 1, 1, 24, 16), 0, True, 32)]
+    for kind, (shape, n_full, mem, block) in [(kind, case) for kind in KINDS for case in cases]:
+        PREFIX_BLOCK, PREFIX_KIND = block, kind
         want, got = _run(LANDED, True, shape, n_full, mem, torch.float32), _run(memory_fast_v8, True, shape, n_full, mem, torch.float32)
         for a, b in zip(got, want):
             assert a.shape == b.shape and a.dtype == b.dtype and torch.isfinite(a).all(), (a.shape, b.shape, a.dtype, b.dtype)
@@ -231,22 +273,29 @@ def gpu(out_dir, parts):
                 torch.autograd.backward([Mp, Mo], [gP.bfloat16(), gO])
                 return dM.grad.bfloat16()               # the write's backward casts it (WriteGPU.backward)
             want_p = glue(M0, dM, S)[0]
-            for block in (64, 128, 256):
-                got_p, got_o = prefix_fwd(M0.detach(), dM.detach(), S, torch.bfloat16, block)
-                g_dM, _ = prefix_bwd(gP.bfloat16(), gO, S, torch.bfloat16, block)
+            for kind, block in [("column", 64), ("column", 128), ("column", 256), ("loop", 256), ("loop", 512),
+                                ("loop", 1024), ("loop", 2048)]:
+                got_p, got_o = prefix_fwd(M0.detach(), dM.detach(), S, torch.bfloat16, block, kind)
+                g_dM, _ = prefix_bwd(gP.bfloat16(), gO, S, torch.bfloat16, block, kind)
                 dM.grad = None
                 want_g = landed()
                 ok = dict(rel_err_Mprev=bench_err(got_p, want_p), rel_err_gdM=bench_err(g_dM, want_g))
-                us_landed = time_us(lambda: (setattr(dM, "grad", None), landed()))
-                us_v8 = time_us(lambda: (prefix_fwd(M0.detach(), dM.detach(), S, torch.bfloat16, block),
-                                         prefix_bwd(gP.bfloat16(), gO, S, torch.bfloat16, block)))
-                us_cast = time_us(lambda: gP.bfloat16())           # both sides pay this input cast: subtracted
-                add(dict(part="alone", B=B, S=S, block=block, us_landed=round(us_landed - us_cast, 1),
-                         us_v8=round(us_v8 - us_cast, 1), **ok))
+                # kernel time (the profiler's sum over the CUDA kernels), not wall time: alone, the landed side's
+                # wall time is mostly autograd's Python dispatch, which in training overlaps the GPU's work
+                us_landed, k_landed = kernel_us(lambda: (setattr(dM, "grad", None), landed()))
+                us_v8, k_v8 = kernel_us(lambda: (prefix_fwd(M0.detach(), dM.detach(), S, torch.bfloat16, block, kind),
+                                                 prefix_bwd(gP.bfloat16(), gO, S, torch.bfloat16, block, kind)))
+                us_cast, _ = kernel_us(lambda: gP.bfloat16())      # both sides pay this input cast: subtracted
+                add(dict(part="alone", B=B, S=S, kind=kind, block=block, us_landed=round(us_landed - us_cast, 1),
+                         us_v8=round(us_v8 - us_cast, 1), kernels_landed=k_landed, kernels_v8=k_v8, **ok))
+        global PREFIX_KIND, PREFIX_BLOCK
+        best = min((r for r in rows if r["part"] == "alone" and r["S"] == 8), key=lambda r: r["us_v8"])
+        PREFIX_KIND, PREFIX_BLOCK = best["kind"], best["block"]
+        add(dict(part="chosen", kind=PREFIX_KIND, block=PREFIX_BLOCK))
     if "check" in parts:
         model.memory_fast = memory_fast_v8
         for r in bench.check(bench.get_parser().parse_args(["--mode=check"])):
-            add(dict(part="check", kernels="v8", **r))
+            add(dict(part="check", code="v8", kind=PREFIX_KIND, block=PREFIX_BLOCK, **r))
         model.memory_fast = LANDED
     if "layer" in parts:
         args = bench.get_parser().parse_args(["--mode=layer", "--Ts", "8192", "32768"])
@@ -254,7 +303,7 @@ def gpu(out_dir, parts):
             for name, fn, variant in [("local", LANDED, "local"), ("landed", LANDED, "infini-linear-fast"),
                                       ("v8", memory_fast_v8, "infini-linear-fast"), ("landed", LANDED, "infini-linear-fast")]:
                 model.memory_fast = fn
-                add(dict(part="layer", kernels=name, **bench.layer_one(args, T, variant)))
+                add(dict(part="layer", code=name, **bench.layer_one(args, T, variant)))
                 torch.cuda.empty_cache()
         model.memory_fast = LANDED
     if "train" in parts:
@@ -276,10 +325,27 @@ def gpu(out_dir, parts):
             for run in runs:
                 step_ms = sorted(run["ms"])[len(run["ms"]) // 2] / per_round
                 local_ms = local_ms or step_ms
-                add(dict(run["row"], part="train", variant=run["variant"], kernels=run["name"], step_ms=round(step_ms, 2),
+                add(dict(run["row"], part="train", variant=run["variant"], code=run["name"], step_ms=round(step_ms, 2),
                          tok_s=round(run["row"]["batch"] * T / step_ms * 1e3), x_local=round(local_ms / step_ms, 4),
                          round_ms=[round(ms / per_round, 2) for ms in run["ms"]]))
             del runs, run
+            torch.cuda.empty_cache()
+        model.memory_fast = LANDED
+    if "profile" in parts:                    # training at T = 8192: kernel time against wall time, landed and v8
+        from torch.profiler import ProfilerActivity
+        args = bench.get_parser().parse_args(["--mode=train", "--steps=30", "--rounds=5", "--warmup=3"])
+        for name, fn in [("landed", LANDED), ("v8", memory_fast_v8), ("landed", LANDED), ("v8", memory_fast_v8)]:
+            torch._dynamo.reset()
+            model.memory_fast = fn
+            run = bench.train_setup(args, 8192, "infini", "linear", "fast", "infini-linear-fast")
+            wall = run["time"](6) / 6
+            with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run["time"](3)
+            kern = sorted(((k.key[:70], round(k.device_time_total / 3, 1), k.count // 3) for k in prof.key_averages()
+                           if k.device_time_total > 0), key=lambda t: -t[1])
+            add(dict(part="profile", code=name, T=8192, step_ms=round(wall, 2), kernel_ms=round(sum(k[1] for k in kern) / 1e3, 2),
+                     n_kernels=sum(k[2] for k in kern), kernels=kern))
+            del run
             torch.cuda.empty_cache()
         model.memory_fast = LANDED
     return rows
@@ -289,16 +355,18 @@ def bench_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def time_us(fn, n=50):
+def kernel_us(fn, n=20):
+    """(us of CUDA kernel time per call of fn, [kernel name, us] per call), from the profiler."""
+    from torch.profiler import ProfilerActivity
     for _ in range(5):
         fn()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(n):
-        fn()
-    e.record()
-    e.synchronize()
-    return s.elapsed_time(e) / n * 1e3
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    kern = [(k.key[:60], round(k.device_time_total / n, 1)) for k in prof.key_averages() if k.device_time_total > 0]
+    return sum(us for _, us in kern), sorted(kern, key=lambda t: -t[1])
 
 
 if __name__ == "__main__":
