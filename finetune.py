@@ -220,6 +220,11 @@ def main(argv=None):
     if not args.resume and not args.init:
         raise SystemExit("error: pass --init=<pretrained ckpt.pt> (or --resume=1 to continue this fine-tuning run)")
     src_path = os.path.join(args.out_dir, "ckpt.pt") if args.resume else args.init
+    own = os.path.join(args.out_dir, "ckpt.pt")
+    init = os.path.join(args.init, "ckpt.pt") if args.init and os.path.isdir(args.init) else args.init
+    if args.overwrite and init and os.path.isfile(init) and os.path.isfile(own) and os.path.samefile(own, init):
+        raise SystemExit(f"error: --init={args.init} is the checkpoint in --out_dir that --overwrite=1 replaces (deleted "
+                         "before the first new one is saved); pass another --out_dir")
     src = train.load_checkpoint(src_path)
     cfg = finetune_config(src["config"], args, src_path)
     args.attn, args.segment, args.update, args.gate, args.vocab_size = cfg.attn, cfg.segment, cfg.update, cfg.gate, cfg.vocab_size

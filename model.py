@@ -397,8 +397,8 @@ class Attention(nn.Module):
         # end, which cannot change any real token's output under a causal mask. A sequence shorter than
         # one segment is that segment, unpadded (a 256-token prompt at --segment=100000 is not 100000 tokens)
         N = min(self.cfg.segment, T)
-        S, n_full = -(-T // N), T // self.cfg.segment
-        cos, sin = cos[:N], sin[:N]
+        S, n_full = -(-T // N), T // self.cfg.segment   # n_full counts whole segments: a short one writes no memory
+        cos, sin = cos[:N], sin[:N]                     # (a caller may pass the tables of a whole segment)
         if S * N != T:
             q, k, v = (F.pad(t, (0, 0, 0, 0, 0, S * N - T)) for t in (q, k, v))
         q, k, v = (t.view(B, S, N, H, D) for t in (q, k, v))
@@ -509,7 +509,8 @@ class Llama(nn.Module):
             raise ValueError("this memory comes from a chunk that ended mid-segment and cannot be continued: "
                              f"stream in chunks of whole segments ({cfg.segment} tokens); only the last may be shorter")
         x = self.tok_emb(idx)
-        n_pos = T if cfg.attn == "full" else cfg.segment     # local/infini: positions restart each segment
+        # local/infini: positions restart each segment (a sequence shorter than one is that segment, unpadded)
+        n_pos = T if cfg.attn == "full" else min(cfg.segment, T)
         cos, sin = rope_cos_sin(n_pos, cfg.head_dim, cfg.rope_theta, idx.device, x.dtype)
         layer_mem = memory if memory is not None else [None] * cfg.n_layer
         new_memory = []

@@ -364,7 +364,10 @@ def check_args(args, enc):
             raise SystemExit(f"error: {args.out} is a partial result ({len(prev['cells'])} of "
                              f"{len(prev['lengths']) * len(prev['depths'])} cells); pass --resume=1 to continue it "
                              "or --overwrite=1 to start over")
-        what = " (a finished result: nothing to resume)" if args.resume else ""
+        if args.resume and is_finished(args.out):      # as train.py and recall.py answer a finished run's resume
+            print(f"{args.out} is a finished result: nothing to do", flush=True)
+            raise SystemExit(0)
+        what = " (not a passkey.py result to resume)" if args.resume else ""
         raise SystemExit(f"error: {args.out} exists{what}; pass another --out or --overwrite=1 to replace it")
     if args.resume and not prev:
         print(f"--resume=1: {args.out} does not exist yet; starting from the first cell", flush=True)
@@ -383,6 +386,16 @@ def read_partial(path):
         return d if whole and all(L in d["lengths"] and x in d["depths"] for L, x in d["cells"]) else None
     except (OSError, ValueError, TypeError, KeyError):
         return None
+
+
+def is_finished(path):
+    """Whether path holds a finished passkey.py result (a grid, not marked partial)."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return isinstance(d, dict) and "accuracy" in d and not d.get("partial")
+    except (OSError, ValueError):
+        return False
 
 
 # what makes two runs the same run: a partial --out continues only under the same values

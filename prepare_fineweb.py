@@ -36,7 +36,7 @@ MAGIC, VERSION, HEADER_INTS = 20240520, 1, 256
 EOT = 50256  # <|endoftext|> in GPT-2 BPE
 HUB_TOKENS = 10_000_000_000  # sample-10BT is ~10B GPT-2 tokens: the progress bar's total for ETA
 MAX_SHARD = 2**31 - 1  # the header's int32 token count; also caps a shard buffer at 4 GiB
-INCOMPLETE = "INCOMPLETE"  # marker file in an out_dir whose run stopped early: its shards are a truncated set
+INCOMPLETE = "INCOMPLETE"  # <prefix>_INCOMPLETE: the marker of a shard set whose run stopped early (a truncated set)
 # tiktoken caches r50k_base under the sha1 of its URL and checks the sha256 (tiktoken/load.py, tiktoken_ext/
 # openai_public.py, 0.14.0); both match shared/data/tiktoken_cache
 R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
@@ -363,7 +363,7 @@ def main(argv=None):
     if max_tokens:
         val_tokens = max(1, min(val_tokens, max_tokens // 10))  # a small run keeps 90% for training
         shard_size = min(shard_size, max_tokens)                # the buffer: no 2 GB of it for a 10k-token run
-    out_dir, marker = args.out_dir, os.path.join(args.out_dir, INCOMPLETE)
+    out_dir, marker = args.out_dir, os.path.join(args.out_dir, f"{args.prefix}_{INCOMPLETE}")   # (one per shard set)
     existing = glob.glob(os.path.join(out_dir, f"{args.prefix}_*.bin"))
     if existing and not args.force:
         note = f" (from a run that stopped early: see {marker})" if os.path.exists(marker) else ""

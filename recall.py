@@ -12,7 +12,7 @@ everything; Infini-attention sees the earlier segments only through its compress
 
     python recall.py --attn=infini --update=delta --segments=16 --curriculum=2,4,8   # 1-5 min on an H100, 4-6 runs sharing it
     python recall.py --attn=local --segments=16                                     # the baseline: chance
-    python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --n_head=2 --n_values=16 --steps=250 --lr=3e-3 --out=out/recall_cpu.json
+    python recall.py --device=cpu --segments=2 --segment=16 --n_embd=64 --n_head=2 --n_values=16 --steps=250 --warmup=60 --lr=3e-3 --out=out/recall_cpu.json
                                                       # CPU, ~30 s on 2 cores: one boundary (test_recall.py)
 
 --curriculum=2,4,8 trains on 2, then 4, then 8 segments, then --segments, each for an equal share of
@@ -199,14 +199,17 @@ def check_args(args):
     read_rows(args.out)                            # an existing --out must take the row: said now, not after training
 
 
-def default_out_dir(args, name, head_dim):
-    """out/recall/<readable slug>-<8 hex>: the hash is of every run-defining flag (all but train.RESUME_MAY_CHANGE,
-    as checked by --resume=1), so a run that differs in any of them (--steps, --seed, --lr, ...) gets its own
-    folder, and the same command (with --resume=1, another --log_every or --device) finds its own again."""
-    slug = f"{name}-s{args.segments}x{args.segment}-p{args.n_pairs}-hd{head_dim}".replace(" +", "-")
-    defining = {k: v for k, v in vars(args).items() if k not in train.RESUME_MAY_CHANGE}
+def default_out_dir(flags, head_dim):
+    """out/recall/<attn-update[-curriculum]>-s<segments>x<segment>-p<pairs>-hd<head dim>-<8 hex> for the flags as parsed
+    (a dict): the hash is of the run-defining ones (all but train.RESUME_MAY_CHANGE, as --resume=1 checks them) that
+    differ from their defaults. A run that differs in any (--steps, --seed, --lr, ...) gets its own folder; the same
+    command with --resume=1, another --log_every, --name or --device finds its own again; a flag added later moves none."""
+    defaults = vars(get_parser().parse_args([]))
+    name = (flags["attn"] + (f"-{flags['update']}" if flags["attn"] == "infini" else "")
+            + ("-curriculum" if flags["curriculum"] else ""))
+    defining = {k: v for k, v in flags.items() if k not in train.RESUME_MAY_CHANGE and v != defaults.get(k)}
     digest = hashlib.sha1(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:8]
-    return os.path.join("out", "recall", f"{slug}-{digest}")
+    return os.path.join("out", "recall", f"{name}-s{flags['segments']}x{flags['segment']}-p{flags['n_pairs']}-hd{head_dim}-{digest}")
 
 
 def device_name(device):
@@ -240,6 +243,7 @@ def append_row(path, row):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    flags = dict(vars(args))                     # as parsed (check_args turns --curriculum into a list)
     check_args(args)
     _, _, _, vocab_size = vocab(args)
     cfg = train.build_config("tiny", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head,
@@ -248,7 +252,7 @@ def main(argv=None):
     name = args.name or (f"{args.attn}" + (f"-{args.update}" if args.attn == "infini" else "") +
                          (" +curriculum" if args.curriculum else ""))
     if args.out_dir is None:
-        args.out_dir = default_out_dir(args, name, cfg.head_dim)
+        args.out_dir = default_out_dir(flags, cfg.head_dim)
     # what train.train reads from its args: the recall flags plus the fixed choices below
     targs = argparse.Namespace(**vars(args), seq_len=args.segments * args.segment, grad_accum=1, halt_at=0,
                                eval_every=0, ckpt_every=args.steps)

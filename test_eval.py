@@ -363,8 +363,9 @@ def test_passkey_interrupt_then_resume_equals_one_run(enc, tmp_path, monkeypatch
     assert min(cells) > 200                                    # the finished cells were not run again
     a, b = (json.loads(p.read_text()) for p in (whole, cut))
     assert a.pop("seconds") >= 0 and b.pop("seconds") >= 0 and a == b and "partial" not in b
-    with pytest.raises(SystemExit, match="a finished result: nothing to resume"):
+    with pytest.raises(SystemExit) as e:        # a finished result: nothing to do, and no error (as train.py, recall.py)
         passkey.main(TINY + ["--out", str(cut), "--resume=1"])
+    assert e.value.code == 0 and json.loads(cut.read_text())["accuracy"] == a["accuracy"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.json", "whole.json"]   # no .tmp left
 
 
@@ -641,6 +642,18 @@ def test_readme_commands_parse():
             parser.parse_args(argv)
         except SystemExit as e:
             raise AssertionError(f"README: {script} {' '.join(argv)} does not parse") from e
+    # the bench.py commands quoted in the text: accepted by its checks too (all but the refusal to replace the
+    # committed results they wrote, and the GPU), which run before any device time is spent
+    import bench
+    quoted = re.findall(r"`python bench\.py([^`]*)`", readme)
+    assert len(quoted) >= 3
+    for flags in quoted:
+        args = bench.get_parser().parse_args(shlex.split(flags))
+        args.overwrite = 1
+        try:
+            bench.check_args(args)
+        except SystemExit as e:
+            raise AssertionError(f"README: python bench.py{flags} is refused: {e}") from e
 
 
 def test_default_outputs_go_to_out(tmp_path, monkeypatch):

@@ -460,17 +460,30 @@ def test_memory_precision_is_what_the_readme_says():
 
 @pytest.mark.parametrize("attn", ["infini", "local"])
 def test_prompt_shorter_than_a_segment_is_not_padded(attn, monkeypatch):
-    # a 7-token prompt at segment 4096 attends over 7 positions, not a zero-padded segment of 4096 (passkey.py with
-    # a long --segment ran for minutes on short lengths), and reads as at any segment longer than itself
+    # a 7-token prompt at segment 8 attends over 7 positions, not a zero-padded segment (passkey.py at a long
+    # --segment ran for minutes on short lengths), and reads as the first 7 tokens of a whole segment do: outputs,
+    # the memory carried in, the gradients; the memory it returns is that of no complete segment (it refuses to go on)
     shapes, sdpa = [], F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **k: shapes.append(q.shape) or sdpa(q, *a, **k))
     torch.manual_seed(0)
-    long_seg = Llama(make_config("tiny", attn=attn, segment=4096)).double()
-    short_seg = Llama(make_config("tiny", attn=attn, segment=8)).double()
-    short_seg.load_state_dict(long_seg.state_dict())
-    idx = torch.randint(0, 100, (2, 7))
-    assert torch.allclose(long_seg(idx)[0], short_seg(idx)[0], atol=1e-12, rtol=0)
+    m = Llama(make_config("tiny", attn=attn, segment=8)).double()
+    idx = torch.randint(0, 100, (2, 16))
+    with torch.no_grad():
+        memory = m(idx[:, :8])[2]                    # a segment before (None for local)
+    def run(T):
+        m.zero_grad()
+        logits, _, mem = m(idx[:, 8:8 + T], memory=memory)
+        logits[:, :7].sum().backward()
+        return logits[:, :7], [p.grad.clone() for p in m.parameters() if p.grad is not None], mem
+    shapes.clear()
+    short, short_grads, mem = run(7)
     assert shapes and all(s[-2] == 7 for s in shapes), shapes
+    whole, whole_grads, _ = run(8)
+    assert torch.allclose(short, whole, atol=1e-12, rtol=0)
+    assert all(torch.allclose(a, b, atol=1e-12, rtol=0) for a, b in zip(short_grads, whole_grads))
+    if attn == "infini":
+        with pytest.raises(ValueError, match="ended mid-segment"):
+            m(idx[:, :8], memory=mem)
 
 
 def test_unaligned_chunk_cannot_be_continued():

@@ -297,15 +297,18 @@ def test_a_stopped_run_is_marked_incomplete(tmp_path, monkeypatch):
                 prepare_fineweb.main(argv)
         msg = str(e.value)
         assert "\n" not in msg and "complete shard(s) kept" in msg and prepare_fineweb.INCOMPLETE in msg, msg
-        marker = (out / "INCOMPLETE").read_text()
+        marker = (out / f"fineweb_{prepare_fineweb.INCOMPLETE}").read_text()
         assert "re-run with --force=1 to redo it" in marker and marker.count("\n") <= 2
         full = sorted(p.name for p in out.iterdir())
         assert len(full) >= 2 and not [p for p in full if p.endswith(".tmp")]
         with pytest.raises(SystemExit, match="stopped early: see .*INCOMPLETE.*--force=1"):
             prepare_fineweb.main(argv)
     assert "No space left on device after 2 complete shard(s)" in marker
+    # a finished run of another shard set (--prefix) in the folder leaves this set's marker: train.py globs both
+    prepare_fineweb.main(argv + ["--prefix=other"])
+    assert (out / f"fineweb_{prepare_fineweb.INCOMPLETE}").exists()
     prepare_fineweb.main(argv + ["--force=1"])   # a finished --force run removes the marker
-    assert not (out / "INCOMPLETE").exists()
+    assert not (out / f"fineweb_{prepare_fineweb.INCOMPLETE}").exists()
     # stopped before its first complete shard: the folder it made is removed, not left empty
     with monkeypatch.context() as m:
         _stopping_texts(m, 1, _ctrl_c)

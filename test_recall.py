@@ -153,8 +153,11 @@ def test_default_out_dir_is_per_run(tmp_path, monkeypatch):
         recall.main(TINY + extra + ["--out=r.json"])
     dirs = sorted(p.name for p in (tmp_path / "out" / "recall").iterdir())
     assert len(dirs) == 3 and all(d.startswith("infini-delta-s2x16-p1-hd16-") and len(d.split("-")[-1]) == 8 for d in dirs)
-    parse = lambda flags: recall.default_out_dir(recall.get_parser().parse_args(TINY + flags), "n", 16)
+    parse = lambda flags: recall.default_out_dir(vars(recall.get_parser().parse_args(TINY + flags)), 16)
     assert parse([]) == parse(["--log_every=7", "--resume=1", "--name=x"]) != parse(["--n_keys=64"])   # only run flags
+    # the same run with another --name (a label of its row) and --resume=1 finds its folder: finished, nothing to do
+    recall.main(TINY + ["--out=r.json", "--name=mine", "--resume=1"])
+    assert len(list((tmp_path / "out" / "recall").iterdir())) == 3
 
 
 def test_progress_and_signal_during_evaluation(tmp_path, monkeypatch):
@@ -187,6 +190,7 @@ def test_progress_and_signal_during_evaluation(tmp_path, monkeypatch):
         signal.raise_signal(signal.SIGINT)
         return make_batch(*a)
     monkeypatch.setattr(recall, "make_batch", interrupted)
+    before = signal.getsignal(signal.SIGINT)               # (whatever the test runner installed)
     with pytest.raises(SystemExit) as e:
         try:
             recall.main(flags)
@@ -194,4 +198,4 @@ def test_progress_and_signal_during_evaluation(tmp_path, monkeypatch):
             pytest.fail("KeyboardInterrupt (a traceback) instead of one line")
     assert str(e.value) == (f"stopped by SIGINT during the evaluation: the trained checkpoint {tmp_path / 'run' / 'ckpt.pt'} "
                             "is saved; the same command plus --resume=1 evaluates it")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler         # restored
+    assert signal.getsignal(signal.SIGINT) is before                             # restored

@@ -109,7 +109,7 @@ def test_loader_warns_of_a_truncated_shard_set(shards, tmp_path, capsys):
     d = shutil.copytree(shards, str(tmp_path / "d"))
     train.TokenData(d, 64, seed=0)
     assert capsys.readouterr().err == ""
-    with open(os.path.join(d, prepare_fineweb.INCOMPLETE), "w") as f:
+    with open(os.path.join(d, f"syn_{prepare_fineweb.INCOMPLETE}"), "w") as f:
         f.write("interrupted after 2 complete shard(s), 20,000 tokens: a truncated set; re-run with --force=1\n")
     train.TokenData(d, 64, seed=0)
     assert "holds a truncated shard set" in capsys.readouterr().err
@@ -234,7 +234,7 @@ def test_numbers_out_of_range_one_line(shards, tmp_path, capsys):
     # said, not silently changed: a warmup longer than a quarter of the run, more validation tokens than there are
     train.main(tiny_args(shards, out, "--steps=4", "--warmup=3", "--eval_tokens=100000"))
     err = capsys.readouterr().err
-    assert "--warmup=3 is more than a quarter of --steps=4: the warmup is 1 steps" in err
+    assert "--warmup=3 is more than a quarter of --steps=4: the run warms up over a quarter (1)" in err
     assert "--eval_tokens=100000 is more than the val shard holds (3999): validating on all of it" in err
 
 
@@ -607,6 +607,10 @@ def test_finetune_keeps_gates_and_resumes(pretrained, shards, tmp_path, monkeypa
     assert f"fine-tuning {init}" in capsys.readouterr().out    # the run's --init, not its own checkpoint
     with pytest.raises(SystemExit, match="is a finetune.py run; resume it with finetune.py"):
         train.main(tiny_args(shards, split, "--resume=1"))
+    # --init in the --out_dir that --overwrite=1 replaces: refused, not deleted before the first new checkpoint
+    with pytest.raises(SystemExit, match="is the checkpoint in --out_dir that --overwrite=1 replaces"):
+        finetune.main(ft_args(split, split, "--overwrite=1"))
+    assert train.load_checkpoint(os.path.join(split, "ckpt.pt"))["step"] == 3
     with pytest.raises(SystemExit, match="--overwrite=1"):  # never start over silently
         finetune.main(ft_args(init, full))
     assert losses(full) == ls

@@ -31,6 +31,7 @@ out_dir/ckpt.pt: see save_checkpoint / load_checkpoint; passkey.py and finetune.
 import contextlib
 import dataclasses
 import gc
+import glob
 import json
 import math
 import os
@@ -299,8 +300,9 @@ class TokenData:
         if not train or not val:
             raise SystemExit(f"error: no token shards (*_train_*.bin and *_val_*.bin) in {data_dir}; run "
                              "prepare_fineweb.py first, or pass --data_dir=<folder with shards>")
-        marker = os.path.join(data_dir, INCOMPLETE)
-        if os.path.exists(marker) and int(os.environ.get("RANK", 0)) == 0:
+        markers = glob.glob(os.path.join(data_dir, f"*_{INCOMPLETE}"))   # a shard set prepare_fineweb.py did not finish
+        if markers and int(os.environ.get("RANK", 0)) == 0:
+            marker = markers[0]
             with open(marker) as f:
                 why = f.readline().strip()
             print(f"warning: {data_dir} holds a truncated shard set ({marker}: {why}); training on the shards "
@@ -591,8 +593,8 @@ def _train(args, cfg, model, ctx, next_batch, eval_batches, init_note, stop):
     accum = args.grad_accum // ctx.world  # micro-batches per rank per step
 
     if master and args.warmup > args.steps // 4:       # (lr_multiplier's cap: said, not silent)
-        print(f"note: --warmup={args.warmup} is more than a quarter of --steps={args.steps}: the warmup is "
-              f"{args.steps // 4} steps", file=sys.stderr, flush=True)
+        print(f"note: --warmup={args.warmup} is more than a quarter of --steps={args.steps}: the run warms up over a "
+              f"quarter ({args.steps // 4})", file=sys.stderr, flush=True)
     if master and start == 0 and os.path.exists(ckpt_path):
         os.remove(ckpt_path)   # --overwrite=1: the old run's checkpoint goes with its log (Log truncates it), so
         #                        a stop before the first new checkpoint cannot leave the two of different runs
