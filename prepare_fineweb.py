@@ -144,10 +144,14 @@ def write_shard(path, tokens):
 
 
 def write_text(path, text):
-    """A small text file written atomically (tmp + rename), like a shard."""
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    """A small text file written atomically (tmp + rename), like a shard; no .tmp left when the write fails."""
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")        # (gone already after the rename)
 
 
 def load_shard(path):
