@@ -176,8 +176,8 @@ def load_weights(model, state_dict, path, assign=False):
 
 
 def load_model(args, device, n_vocab):
-    """(model, label, the checkpoint's own segment or None) from --ckpt, or a randomly initialised preset
-    with --random_init. n_vocab: the tokenizer's; a smaller embedding table (recall.py's) cannot read prompts."""
+    """(model, label, the checkpoint's own segment, its step: None for a randomly initialised preset) from --ckpt,
+    or --random_init. n_vocab: the tokenizer's; a smaller embedding table (recall.py's) cannot read prompts."""
     from model import Llama, LlamaConfig, make_config
     if args.random_init:
         torch.manual_seed(args.seed)
@@ -185,7 +185,7 @@ def load_model(args, device, n_vocab):
             cfg, label = make_config(args.model, attn=args.attn, segment=args.segment), f"random_init:{args.model}"
         except ValueError as e:
             raise SystemExit(f"error: {e}")
-        model, own = Llama(cfg), None
+        model, own, step = Llama(cfg), None, None
     else:
         from train import load_checkpoint
         ckpt = load_checkpoint(args.ckpt)
@@ -206,8 +206,8 @@ def load_model(args, device, n_vocab):
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: {e}")
         load_weights(model, ckpt["model"], args.ckpt)
-        label = args.ckpt
-    return model.to(device).eval(), label, own
+        label, step = args.ckpt, ckpt.get("step")
+    return model.to(device).eval(), label, own, step
 
 
 def evaluate(model, enc, lengths, depths, samples, seed=0, new_tokens=8, chunk=None, batch_size=8,
@@ -399,7 +399,9 @@ def is_finished(path):
 
 
 # what makes two runs the same run: a partial --out continues only under the same values
-RUN_KEYS = ("checkpoint", "checkpoint_segment", "attn", "segment", "lengths", "depths", "samples", "seed", "new_tokens")
+# (the checkpoint by its path and its step: one retrained at the same path is another run)
+RUN_KEYS = ("checkpoint", "checkpoint_step", "checkpoint_segment", "attn", "segment", "lengths", "depths", "samples",
+            "seed", "new_tokens", "chunk")
 
 
 def write_json(path, obj):
@@ -449,12 +451,13 @@ def main(argv=None):
         enc = gpt2_encoding()
         check_args(args, enc)
         prev = args.previous
-        model, label, own_segment = load_model(args, args.device, enc.n_vocab)
+        model, label, own_segment, step = load_model(args, args.device, enc.n_vocab)
         cfg = model.cfg
         if args.chunk is not None and cfg.attn != "full" and args.chunk % cfg.segment:
             raise SystemExit(f"error: --chunk ({args.chunk}) must be a multiple of the segment ({cfg.segment})")
-        settings = dict(checkpoint=label, attn=cfg.attn, segment=cfg.segment, lengths=args.lengths,
-                        depths=args.depths, samples=args.samples, seed=args.seed, new_tokens=args.new_tokens)
+        settings = dict(checkpoint=label, checkpoint_step=step, attn=cfg.attn, segment=cfg.segment, lengths=args.lengths,
+                        depths=args.depths, samples=args.samples, seed=args.seed, new_tokens=args.new_tokens,
+                        chunk=args.chunk)
         if own_segment is not None and own_segment != cfg.segment:   # read at another segment (--segment)
             settings["checkpoint_segment"] = own_segment
         differ = [f"{k} {settings.get(k)} (saved: {prev.get(k)})" for k in RUN_KEYS

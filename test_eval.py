@@ -352,10 +352,16 @@ def test_passkey_interrupt_then_resume_equals_one_run(enc, tmp_path, monkeypatch
     # a partial --out is refused without --resume=1; a resume under other settings names what differs
     for extra, expect in (([], "is a partial result (2 of 4 cells); pass --resume=1 to continue it or --overwrite=1"),
                           (["--resume=1", "--seed", "1"], "differs from its run: seed 1 (saved: 0); repeat"),
-                          (["--resume=1", "--depths", "0", "50"], "depths [0, 50] (saved: [0, 100])")):
+                          (["--resume=1", "--depths", "0", "50"], "depths [0, 50] (saved: [0, 100])"),
+                          (["--resume=1", "--chunk", "64"], "chunk 64 (saved: None)")):
         with pytest.raises(SystemExit) as e:
             passkey.main(TINY + ["--out", str(cut)] + extra)
         assert str(e.value).startswith("error:") and "\n" not in str(e.value) and expect in str(e.value), str(e.value)
+    other = tmp_path / "other.json"                        # the same path, another checkpoint step: another model
+    other.write_text(json.dumps(dict(json.loads(cut.read_text()), checkpoint_step=5)))
+    with pytest.raises(SystemExit, match=r"checkpoint_step None \(saved: 5\)"):
+        passkey.main(TINY + ["--out", str(other), "--resume=1"])
+    other.unlink()
     cells = []
     monkeypatch.setattr(passkey, "greedy_continue",
                         lambda m, x, *a, **k: cells.append(x.size(1)) or real(m, x, *a, **k))
