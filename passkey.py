@@ -23,8 +23,6 @@ import json
 import os
 import random
 import re
-import signal
-import threading
 import time
 
 import torch
@@ -421,32 +419,17 @@ def write_json(path, obj):
             os.remove(tmp)                          # (gone already after the rename)
 
 
-class StopOnSignal:
-    """While active, SIGINT (Ctrl-C) and SIGTERM (what job schedulers send before they kill) end the run with
-    one line and a non-zero exit. --out holds the finished cells already (main writes it after each, and keeps
-    self.done current), so there is nothing to save: the line says what is there and how to continue."""
-
-    def __init__(self, out, total):
-        self.out, self.total, self.done, self.old = out, total, 0, {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
-            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def _handle(self, signum, frame):
-        where = (f"{self.done} of {self.total} cells are in {self.out} (partial); the same command with "
-                 "--resume=1 continues" if self.done else "no cell was finished, nothing written")
-        raise SystemExit(f"stopped by {signal.Signals(signum).name}: {where}")
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    with StopOnSignal(args.out, len(args.lengths) * len(args.depths)) as stop:
+    from prepare_fineweb import exit_on_signal
+    total, progress = len(args.lengths) * len(args.depths), dict(done=0)    # cells: in --out (main writes each)
+
+    def stopped(name):
+        where = (f"{progress['done']} of {total} cells are in {args.out} (partial); the same command with --resume=1 "
+                 "continues" if progress["done"] else "no cell was finished, nothing written")
+        return f"stopped by {name}: {where}"
+
+    with exit_on_signal(stopped):
         from prepare_fineweb import gpt2_encoding
         enc = gpt2_encoding()
         check_args(args, enc)
@@ -466,12 +449,12 @@ def main(argv=None):
             raise SystemExit(f"error: --resume=1 continues {args.out}, but this command differs from its run: "
                              f"{'; '.join(differ)}; repeat that run's flags, or pass --overwrite=1 to start over")
         done = prev["records"] if prev else []
-        stop.done = len(done) // args.samples
+        progress["done"] = len(done) // args.samples
         t0 = time.time() - (prev.get("seconds", 0) if prev else 0)   # a resumed run's time includes the first part's
 
         def on_cell(records):
             write_json(args.out, dict(settings, partial=True, seconds=round(time.time() - t0, 1), records=records))
-            stop.done = len(records) // args.samples
+            progress["done"] = len(records) // args.samples
 
         result = evaluate(model, enc, args.lengths, args.depths, args.samples, seed=args.seed,
                           new_tokens=args.new_tokens, chunk=args.chunk, batch_size=args.batch_size,

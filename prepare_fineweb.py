@@ -93,6 +93,23 @@ def out_folder(path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
+@contextlib.contextmanager
+def exit_on_signal(message):
+    """While active, SIGINT (Ctrl-C) and SIGTERM (what job schedulers send before they kill) end the script with one
+    line, message(the signal's name), and a non-zero exit, not a traceback (SIGTERM: not a silent death); the old
+    handlers come back after. For work saved as it goes (passkey.py's cells, recall.py's checkpoint); train.py's
+    loop, which saves on a signal, has its own (train.StopOnSignal)."""
+    def handle(signum, frame):
+        raise SystemExit(message(signal.Signals(signum).name))
+    main = threading.current_thread() is threading.main_thread()   # signal.signal works only there
+    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def gpt2_encoding():
     """tiktoken's GPT-2 BPE. r50k_base has the same ranks, regex and <|endoftext|> as "gpt2" and is a
     single cache file, so it is tried first: with TIKTOKEN_CACHE_DIR pointing at a folder holding that

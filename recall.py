@@ -26,20 +26,17 @@ the committed results/recall_*.json were written with --out, by results/recall_s
 acc_by_distance[d] is the accuracy on pairs written d+1 segments before the query segment.
 """
 import argparse
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 
 import numpy as np
 import torch
 
 import train
-from prepare_fineweb import ArgumentParser, check_out_file, out_folder
+from prepare_fineweb import ArgumentParser, check_out_file, exit_on_signal, out_folder
 from model import Llama
 
 # -----------------------------------------------------------------------------
@@ -106,22 +103,6 @@ def accuracy(model, args, device, autocast):
     by_d = [float(h / c) if c else None for h, c in zip(hit, cnt)]
     return float(hit.sum() / cnt.sum()), by_d
 
-
-@contextlib.contextmanager
-def exit_on_signal(ckpt_path):
-    """SIGINT (Ctrl-C) or SIGTERM after training, during the evaluation: one line and a non-zero exit, not a
-    KeyboardInterrupt traceback (SIGTERM would otherwise end the process silently). train's loop has saved the
-    checkpoint; a re-run with --resume=1 finds the run finished and only evaluates it."""
-    def handle(signum, frame):
-        raise SystemExit(f"stopped by {signal.Signals(signum).name} during the evaluation: the trained checkpoint "
-                         f"{ckpt_path} is saved; the same command plus --resume=1 evaluates it")
-    main_thread = threading.current_thread() is threading.main_thread()   # signal.signal works only there
-    old = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 # -----------------------------------------------------------------------------
 
@@ -272,7 +253,10 @@ def main(argv=None):
                 f"{args.segments} segments of {args.segment}, curriculum {args.curriculum or 'none'}")
     autocast = (torch.autocast(ctx.device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16"
                 else torch.autocast(ctx.device.type, enabled=False))
-    with exit_on_signal(os.path.join(args.out_dir, "ckpt.pt")):
+    # a signal here: train's loop has saved the checkpoint, and a re-run with --resume=1 finds the run finished
+    ckpt_path = os.path.join(args.out_dir, "ckpt.pt")
+    with exit_on_signal(lambda name: f"stopped by {name} during the evaluation: the trained checkpoint {ckpt_path} "
+                        "is saved; the same command plus --resume=1 evaluates it"):
         acc, by_d = accuracy(model, args, ctx.device, autocast)
     curriculum = args.curriculum or False
     row = dict(name=name, attn=args.attn, update=args.update if args.attn == "infini" else None,
