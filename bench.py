@@ -30,6 +30,7 @@ import torch
 
 import kernels
 from model import Llama, compile_model, make_config
+from prepare_fineweb import write_text
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}   # dense bf16 FLOP/s by datasheet
 
@@ -45,9 +46,7 @@ def peak_flops():
 def write_rows(path, rows):
     # rewritten after every row, so a run cut off at the device's time limit still leaves its numbers
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(rows, indent=1))
 
 
 def check(args):

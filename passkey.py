@@ -17,7 +17,6 @@ decoding, correct if the key appears anywhere in the generated text; an exact-ma
 Infini and local models read the prompt in streaming mode (chunks of whole segments, memory carried
 between calls), so GPU memory stays flat in the prompt length; full attention reads it in one call.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -405,18 +404,12 @@ RUN_KEYS = ("checkpoint", "checkpoint_step", "checkpoint_segment", "attn", "segm
 def write_json(path, obj):
     """Atomically (a temporary file, then a rename): a run killed mid-write never leaves half a JSON. A late
     failure (disk full, permissions) is one line."""
-    from prepare_fineweb import out_folder
-    tmp = path + ".tmp"
+    from prepare_fineweb import out_folder, write_text
     try:
         out_folder(path)
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(obj, indent=1))
     except OSError as e:
         raise SystemExit(f"error: cannot write {path} ({e.strerror or e})")
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)                          # (gone already after the rename)
 
 
 def main(argv=None):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import train
-from prepare_fineweb import ArgumentParser, check_out_file, exit_on_signal, out_folder
+from prepare_fineweb import ArgumentParser, check_out_file, exit_on_signal, out_folder, write_text
 from model import Llama
 
 # -----------------------------------------------------------------------------
@@ -217,9 +217,7 @@ def append_row(path, row):
     """Add row to the JSON list at path (created if missing), atomically: earlier rows are never lost."""
     rows = read_rows(path)     # read again: another run may have appended since check_args
     out_folder(path)
-    with open(path + ".tmp", "w") as f:
-        json.dump(rows + [row], f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(rows + [row], indent=1))
 
 
 def main(argv=None):

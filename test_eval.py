@@ -391,7 +391,7 @@ def test_passkey_crash_keeps_finished_cells_and_write_failure_is_one_line(enc, t
     # disk full at the write: one line naming the file, no traceback, no .tmp left
     def full(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(passkey.json, "dump", full)
+    monkeypatch.setattr(os, "replace", full)                      # (the .tmp is written, then the rename fails)
     with pytest.raises(SystemExit) as e:
         passkey.main(TINY[:4] + ["128", "--depths", "0", "--samples", "1", "--device", "cpu", "--out", str(out),
                                  "--overwrite=1"])

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from model import PRESETS, Llama, compile_model, make_config
-from prepare_fineweb import INCOMPLETE, ArgumentParser, find_shards, load_shard
+from prepare_fineweb import INCOMPLETE, ArgumentParser, find_shards, load_shard, write_text
 
 # -----------------------------------------------------------------------------
 # checkpoint I/O, shared by train.py, finetune.py and passkey.py
@@ -422,9 +422,7 @@ class Log:
                         continue
                     if keep(r):
                         rows.append(line.rstrip("\n") + "\n")
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(rows)
-        os.replace(self.path + ".tmp", self.path)
+        write_text(self.path, "".join(rows))
 
     def row(self, text=None, **fields):
         if not self.master:
