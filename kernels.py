@@ -264,27 +264,47 @@ if triton is not None:
         tl.store(OUT + i * D * D + rd[:, None] * D + rc[None, :], g * acc)
 
     @triton.jit
-    def _write_bwd_kernel(K, V, GDM, GZS, GS, Z, DK, DV, S, H, N, PER, NJ, k_b, k_s, k_h, k_n, v_b, v_s, v_h, v_n,
-                          o_b, o_s, o_h, o_n,
+    def _rope_bwd(G, o, op, cos, sin_p, sgn, rows):
+        """The gradient through rotate-half RoPE (model.apply_rope) of a tile of G: g cos + rot^T(g sin), where
+        rot^T takes column d + D/2 for d < D/2 and minus column d - D/2 past it (op: the partner columns' offsets)."""
+        g = tl.load(G + o, mask=rows[:, None], other=0.0).to(tl.float32)
+        gp = tl.load(G + op, mask=rows[:, None], other=0.0).to(tl.float32)
+        return g * cos + sgn[None, :] * gp * sin_p
+
+    @triton.jit
+    def _write_bwd_kernel(QKV, GQ, GQR, GKR, GV, COS, SIN, GDM, GZS, GS, Z, OUT, S, H, N, PER, NJ,
+                          x_b, x_s, x_h, x_n, g_b, g_s, g_h, g_n,
                           EPS: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, DELTA: tl.constexpr, PREC: tl.constexpr):
-        """Rows j PER .. (j + 1) PER of segment-head i: dsigma(K) = V dM^T + dz (DELTA: + the gradient through W_s,
-        with GS = gW + gW^T), dk = dsigma(K) elu'(k); dV = sigma(K) dM. dk and dv are laid out alike (strides o_*)."""
+        """The qkv projection's whole gradient, rows j PER .. (j + 1) PER of segment-head i, into OUT laid out as QKV
+        ((B, S, N, 3, H, D), strides x_*, q, k, v H D apart): the write's backward, dsigma(K) = V dM^T + dz (DELTA:
+        + the gradient through W_s, GS = gW + gW^T), dk = dsigma(K) elu'(k), dv = sigma(K) dM; plus SDPA's gradients
+        of q and k through RoPE (GQR, GKR) and of v (GV), and the read's of q (GQ), all four (B, S, N, H, D) alike
+        (strides g_*). Adding them here saves writing the memory's dk, dv and reading them back in another kernel."""
         i, j, rd = tl.program_id(0) // NJ, tl.program_id(0) % NJ, tl.arange(0, D)
+        HD, rp = H * D, (rd + D // 2) % D                                # rp: rotate-half's partner columns
+        sgn = tl.where(rd < D // 2, 1.0, -1.0)
         gdm, gzs = tl.load(GDM + i * D * D + rd[:, None] * D + rd[None, :]), tl.load(GZS + i * D + rd)
         if DELTA:
             z, gs = tl.load(Z + i * D + rd), tl.load(GS + i * D * D + rd[:, None] * D + rd[None, :])
         for n0 in range(j * PER, j * PER + PER, BLOCK):
             rn = n0 + tl.arange(0, BLOCK)
             rows = rn < N
-            s32, sk = _sigma(K, _offs(i, rn, rd, S, H, k_b, k_s, k_h, k_n), rows)
-            v = tl.load(V + _offs(i, rn, rd, S, H, v_b, v_s, v_h, v_n), mask=rows[:, None], other=0.0)
+            x = _offs(i, rn, rd, S, H, x_b, x_s, x_h, x_n)
+            o, op = _offs(i, rn, rd, S, H, g_b, g_s, g_h, g_n), _offs(i, rn, rp, S, H, g_b, g_s, g_h, g_n)
+            cos = tl.load(COS + rn[:, None] * D + rd[None, :], mask=rows[:, None], other=0.0).to(tl.float32)
+            sin_p = tl.load(SIN + rn[:, None] * D + rp[None, :], mask=rows[:, None], other=0.0).to(tl.float32)
+            s32, sk = _sigma(QKV + HD, x, rows)
+            v = tl.load(QKV + 2 * HD + x, mask=rows[:, None], other=0.0)
             dsk = tl.dot(v, tl.trans(gdm), input_precision=PREC) + gzs[None, :]
-            off_o = _offs(i, rn, rd, S, H, o_b, o_s, o_h, o_n)
-            tl.store(DV + off_o, tl.dot(sk, gdm, input_precision=PREC).to(DV.dtype.element_ty), mask=rows[:, None])
+            dv = tl.dot(sk, gdm, input_precision=PREC) + tl.load(GV + o, mask=rows[:, None], other=0.0).to(tl.float32)
+            tl.store(OUT + 2 * HD + x, dv.to(OUT.dtype.element_ty), mask=rows[:, None])
             if DELTA:                                # + the gradient through W_s
                 _, y, den, dden = _delta_terms(sk, z, gs, EPS, PREC)
                 dsk += y / den[:, None] + dden[:, None] * z[None, :]
-            tl.store(DK + off_o, (dsk * tl.minimum(s32, 1.0)).to(DK.dtype.element_ty), mask=rows[:, None])
+            dk = dsk * tl.minimum(s32, 1.0) + _rope_bwd(GKR, o, op, cos, sin_p, sgn, rows)
+            tl.store(OUT + HD + x, dk.to(OUT.dtype.element_ty), mask=rows[:, None])
+            dq = tl.load(GQ + o, mask=rows[:, None], other=0.0).to(tl.float32) + _rope_bwd(GQR, o, op, cos, sin_p, sgn, rows)
+            tl.store(OUT + x, dq.to(OUT.dtype.element_ty), mask=rows[:, None])
 
     @triton.jit
     def _delta_dz_kernel(K, GS, Z, OUT, S, H, N, PER, NJ, k_b, k_s, k_h, k_n,
@@ -319,7 +339,7 @@ def fused_on_gpu(q):
 # columns per program won for every column-block kernel, and 512-1024 rows for the three row-chunk kernels tuned
 # again (not delta_dz).
 KERNEL_CFG = dict(write_fwd=(32, 4, 3, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 512), read_bwd=(32, 4, 3, 1024),
-                  read_dm=(32, 8, 3, 128), write_bwd=(32, 8, 3, 1024), write_bwd_delta=(64, 8, 3, 1024),
+                  read_dm=(32, 8, 3, 128), write_bwd=(32, 4, 2, 1024), write_bwd_delta=(16, 4, 2, 1024),
                   delta_dz=(32, 4, 1, 256))
 
 
@@ -404,35 +424,47 @@ def _delta_dz(k, gs, z_prev, eps):
     return out.sum(3)
 
 
-def _write_bwd(k, v, g_dM, g_zs, gs, z_prev, delta, eps):
-    """dk, dv of the write: from the gradients of sigma(K)^T V (in k's dtype), of sum sigma(K) and (delta) of W_s."""
+def _write_bwd(qkv, g_q, g_qr, g_kr, g_v, cos, sin, g_dM, g_zs, gs, z_prev, delta, eps):
+    """The gradient of qkv (B, S, N, 3, H, D), contiguous: the write's dk, dv (from the gradients of sigma(K)^T V in
+    k's dtype, of sum sigma(K) and (delta) of W_s) plus the gradients g_* (B, S, N, H, D) of q, RoPE(q), RoPE(k), v."""
+    k = qkv[:, :, :, 1].transpose(2, 3)
     B, S, H, N, D = k.shape
-    (dk_out, dk), (dv_out, dv) = _like_qkv(k), _like_qkv(v)
+    g_q, g_qr, g_kr, g_v = (t.contiguous() for t in (g_q, g_qr, g_kr, g_v))
+    out = torch.empty_like(qkv)
     grid, extra, kw = _plan("write_bwd_delta" if delta else "write_bwd", k, eps)
-    _write_bwd_kernel[grid](k, v, g_dM, g_zs, gs, z_prev, dk_out, dv_out, S, H, N, *extra,
-                            *_st(k), *_st(v), *_st(dk), DELTA=delta, **kw)
-    return dk, dv
+    _write_bwd_kernel[grid](qkv, g_q, g_qr, g_kr, g_v, cos, sin, g_dM, g_zs, gs, z_prev, out, S, H, N, *extra,
+                            *_st(k), *_st(g_q.transpose(2, 3)), DELTA=delta, **kw)
+    return out
 
 
-class WriteGPU(torch.autograd.Function):
-    """The write side of eqs. 8-9 in Triton: from k, v (B, S, H, N, D) and z_0 (B, H, D) to sigma(K)^T V
-    per segment, z_s after every segment and, for the delta rule, W_s (else an empty tensor). One function,
-    because W_s depends on z_{s-1}: its backward sums the gradient of z through W_s before dk."""
+class QKVWriteGPU(torch.autograd.Function):
+    """RoPE for SDPA and the write side of eqs. 8-9 in Triton, from the qkv projection's output qkv (B, S, N, 3, H,
+    D), contiguous, as one Function, so that its backward writes qkv's whole gradient in one kernel: the memory's
+    dk, dv plus SDPA's gradients through RoPE and the read's gradient of q (which the inductor would otherwise add
+    in a kernel of its own, reading the memory's dk, dv back). Returns q and v (views of qkv: q for the read, v for
+    SDPA), RoPE(q), RoPE(k) (for SDPA), sigma(K)^T V per segment, z_s after every segment and, for the delta rule,
+    W_s (else an empty tensor). One function for the write too, because W_s depends on z_{s-1}: its backward sums
+    the gradient of z through W_s before dk. cos, sin: (N, 1, D) RoPE tables of a segment's positions."""
 
     @staticmethod
-    def forward(ctx, k, v, z0, delta, eps):
-        dM, zs = _segment_sums(k, v, eps)
+    def forward(ctx, qkv, cos, sin, z0, delta, eps):
+        from model import apply_rope                     # (model.py imports this file)
+        q, k, v = qkv.unbind(3)                                                     # (B, S, N, H, D) views
+        k_, v_ = k.transpose(2, 3), v.transpose(2, 3)                               # (B, S, H, N, D)
+        dM, zs = _segment_sums(k_, v_, eps)
         z_after = z0[:, None] + zs.cumsum(dim=1)
         z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1).contiguous()
-        W = _segment_sums(k, None, eps, z_prev)[0] if delta else dM.new_empty(0)
-        ctx.save_for_backward(k, v, z_prev)
+        W = _segment_sums(k_, None, eps, z_prev)[0] if delta else dM.new_empty(0)
+        cos, sin = cos.reshape(cos.shape[0], -1).contiguous(), sin.reshape(sin.shape[0], -1).contiguous()
+        ctx.save_for_backward(qkv, cos, sin, z_prev)
         ctx.delta, ctx.eps = delta, eps
-        return dM, z_after, W
+        return q, v, apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None]), dM, z_after, W
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_dM, g_z, g_W):
-        k, v, z_prev = ctx.saved_tensors
+    def backward(ctx, g_q, g_v, g_qr, g_kr, g_dM, g_z, g_W):
+        qkv, cos, sin, z_prev = ctx.saved_tensors
+        k = qkv[:, :, :, 1].transpose(2, 3)
         g_z, g_z0 = g_z.clone(), torch.zeros_like(z_prev[:, 0])
         gs = (g_W + g_W.transpose(-1, -2)).to(k.dtype).contiguous() if ctx.delta else g_dM   # (unused: linear)
         if ctx.delta:                             # the gradient of z_{s-1} through W_s goes to z_{s-1}'s parts
@@ -440,8 +472,9 @@ class WriteGPU(torch.autograd.Function):
             g_z[:, :-1] += gzp[:, 1:]
             g_z0 += gzp[:, 0]
         g_zs = g_z.flip(1).cumsum(dim=1).flip(1)                               # z_s = z_0 + sum_{t <= s} zs_t
-        dk, dv = _write_bwd(k, v, g_dM.to(k.dtype).contiguous(), g_zs.contiguous(), gs, z_prev, ctx.delta, ctx.eps)
-        return dk, dv, g_z0 + g_z.sum(1), None, None
+        g_qkv = _write_bwd(qkv, g_q, g_qr, g_kr, g_v, cos, sin, g_dM.to(k.dtype).contiguous(), g_zs.contiguous(),
+                           gs, z_prev, ctx.delta, ctx.eps)
+        return g_qkv, None, None, g_z0 + g_z.sum(1), None, None
 
 
 class ReadGPU(torch.autograd.Function):

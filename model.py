@@ -331,16 +331,17 @@ class _DeltaScan(torch.autograd.Function):
         return g, gdM, -(gdM @ M_prev.transpose(-1, -2)), None
 
 
-def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None):
+def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None, written=None):
     """compressive_memory + the gate mix of eq. 10, from q, k before sigma: (y (B, S, H, N, D) in y_dot's
     dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype.
-    On a CUDA GPU with Triton, the kernels of kernels.py (WriteGPU, ReadGPU); elsewhere the PyTorch Functions."""
+    written: on a CUDA GPU, the write already done by kernels.QKVWriteGPU (dM, z_after, W; k, v unused), and
+    the read then runs as kernels.ReadGPU; else the PyTorch Functions."""
     B, S, H, N, D = q.shape
     sd = torch.promote_types(q.dtype, torch.float32)
     M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
-    fused = kernels.fused_on_gpu(q)
+    fused = written is not None
     if fused:
-        dM, z_after, W = kernels.WriteGPU.apply(k, v, z0, update == "delta", EPS)
+        dM, z_after, W = written
     else:
         sk, zs, dM = _Write.apply(k, v)
         z_after = z0[:, None] + zs.cumsum(dim=1)                           # the same lines as compressive_memory
@@ -385,10 +386,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, memory=None):
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
-        q, k, v = self.wqkv(x).view(B, T, 3, H, D).unbind(dim=2)          # each (B, T, H, D)
+        qkv = self.wqkv(x).view(B, T, 3, H, D)                            # q, k, v: qkv.unbind(dim=2)
 
         if self.cfg.attn == "full":
             # plain causal attention over the whole sequence, global positions
+            q, k, v = qkv.unbind(dim=2)                                    # each (B, T, H, D)
             q, k, v = (t.transpose(1, 2) for t in (apply_rope(q, cos, sin), apply_rope(k, cos, sin), v))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # flash kernel on GPU
             return self.wo(y.transpose(1, 2).reshape(B, T, C)), None
@@ -400,14 +402,24 @@ class Attention(nn.Module):
         S, n_full = -(-T // N), T // self.cfg.segment   # n_full counts whole segments: a short one writes no memory
         cos, sin = cos[:N], sin[:N]                     # (a caller may pass the tables of a whole segment)
         if S * N != T:
-            q, k, v = (F.pad(t, (0, 0, 0, 0, 0, S * N - T)) for t in (q, k, v))
-        q, k, v = (t.view(B, S, N, H, D) for t in (q, k, v))
+            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, S * N - T))
+        qkv = qkv.view(B, S, N, 3, H, D)
+        per_head = lambda t: t.transpose(2, 3)                                      # (B, S, H, N, D)
+        written = None
+        if self.cfg.attn == "infini" and self.cfg.fast_memory and kernels.fused_on_gpu(per_head(qkv[:, :, :, 0])):
+            # on a GPU: RoPE and the memory's write as one Function, whose backward writes the qkv projection's
+            # whole gradient in one kernel (SDPA's gradients through RoPE plus the memory's); the same arithmetic
+            z0 = memory[1] if memory is not None else qkv.new_zeros(B, H, D, dtype=torch.promote_types(qkv.dtype, torch.float32))
+            q, v, q_rot, k_rot, *written = kernels.QKVWriteGPU.apply(qkv, cos, sin, z0, self.cfg.update == "delta", EPS)
+            k = None
+        else:
+            q, k, v = qkv.unbind(dim=3)                                    # each (B, S, N, H, D)
+            q_rot, k_rot = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         # A_dot: causal softmax attention inside each segment. Folding the segments into the batch
         # dimension runs every segment in one SDPA call; RoPE positions restart at 0 per segment.
         fold = lambda t: t.reshape(B * S, N, H, D).transpose(1, 2)         # (B*S, H, N, D)
-        y = F.scaled_dot_product_attention(
-            fold(apply_rope(q, cos, sin)), fold(apply_rope(k, cos, sin)), fold(v), is_causal=True)
+        y = F.scaled_dot_product_attention(fold(q_rot), fold(k_rot), fold(v), is_causal=True)
         y = y.view(B, S, H, N, D)
 
         new_memory = None
@@ -418,11 +430,10 @@ class Attention(nn.Module):
             # state M, z, the normaliser sigma(Q) z (a sum over ~1e5 terms: it needs the range) and the
             # division are fp32.
             with torch.autocast(device_type=x.device.type, enabled=False):
-                per_head = lambda t: t.transpose(2, 3)                              # (B, S, H, N, D)
                 g = self.gate().to(torch.promote_types(q.dtype, torch.float32)).view(1, 1, H, 1, 1)
                 if self.cfg.fast_memory:                                            # the same function, hand-written backwards
-                    y, new_memory = memory_fast(
-                        per_head(q), per_head(k), per_head(v), y, g, self.cfg.update, n_full, memory)
+                    y, new_memory = memory_fast(per_head(q), k if k is None else per_head(k), per_head(v), y, g,
+                                                self.cfg.update, n_full, memory, written)
                 else:
                     # _sig(.)[1]: sigma in q's and k's compute dtype (the [0] entry, fp32, is unused here)
                     a_mem, new_memory = compressive_memory(

@@ -294,31 +294,27 @@ TRITON_MEMORY_CHECK = """
 import torch
 import kernels
 import model
+from test_model import cfg_for, layer_and_grads
 # 16-row tiles; 16 columns a column-block program (two of them at D = 32), 32 rows a row-chunk one: several tiles
 # a program, several programs a segment, and a last chunk that is cut short
 kernels.KERNEL_CFG = {k: (16, 4, 1, 16 if k in kernels.COLUMN_KERNELS else 32) for k in kernels.KERNEL_CFG}
-def run(fused, update, n_full, shape, mem, g_shape):
-    B, S, H, N, D = shape
-    torch.manual_seed(0)
-    qkv = torch.randn(B, S, N, 3, H, D)                              # q, k, v laid out as the qkv projection leaves them
-    y_dot = torch.randn(B, S, N, H, D).transpose(2, 3)
-    g = torch.rand(g_shape)
-    # a memory passed in; "tiny z": z_0 ~ 1e-9 under a non-zero M_0, so the first segment's normalisers sit on
-    # their EPS floor and only the floor's masks keep the gradient from flowing through it
-    state = [torch.randn(B, H, D, D) * 0.1, torch.rand(B, H, D) * (3 if mem == "random" else 1e-9)] if mem else []
-    leaves = [t.clone().requires_grad_(True) for t in [qkv, y_dot, g] + state]
-    q, k, v = (leaves[0][:, :, :, c].transpose(2, 3) for c in range(3))
-    kernels.fused_on_gpu = lambda q: fused                            # True: the kernels, in Triton's interpreter
-    y, (M, z) = model.memory_fast(q, k, v, leaves[1], leaves[2], update, n_full, leaves[3:] if mem else None)
-    gen = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=gen)).sum() for t in (y, M, z))
-    return [y, M, z] + list(torch.autograd.grad(loss, leaves))
 worst = 0.0
 for update in ["linear", "delta"]:
-    for shape, n_full, mem, g_shape in [((2, 3, 2, 40, 16), 2, "random", (1, 1, 2, 1, 1)),
-                                        ((1, 3, 2, 37, 32), 3, None, ()), ((1, 2, 2, 24, 16), 2, "tiny z", (1, 1, 2, 1, 1))]:
-        want, got = run(False, update, n_full, shape, mem, g_shape), run(True, update, n_full, shape, mem, g_shape)
-        for a, b in zip(got, want):
+    # (batch, heads, head dim, segment, T, memory in): a short last segment (padded; it writes no memory), a
+    # segment that is not a multiple of the tile, and "tiny z": z_0 ~ 1e-9 under a non-zero M_0, so the first
+    # segment's normalisers sit on their EPS floor and only the floor's masks keep the gradient from flowing through it
+    for B, H, D, N, T, mem in [(2, 2, 16, 40, 110, "random"), (1, 2, 32, 37, 111, None), (1, 2, 16, 24, 48, "tiny z")]:
+        torch.manual_seed(N)
+        attn = model.Attention(cfg_for(attn="infini", update=update, n_head=H, n_embd=H * D, segment=N))
+        with torch.no_grad():
+            attn.beta.copy_(torch.randn_like(attn.beta))
+        x = torch.randn(B, T, H * D)
+        memory = [torch.randn(B, H, D, D) * 0.1, torch.rand(B, H, D) * (3 if mem == "random" else 1e-9)] if mem else None
+        runs = []
+        for fused in [False, True]:                                   # True: the kernels, in Triton's interpreter
+            kernels.fused_on_gpu = lambda q: fused
+            runs.append(layer_and_grads(attn, x, memory))
+        for a, b in zip(*runs):
             assert a.shape == b.shape and a.dtype == b.dtype and torch.isfinite(a).all()
             worst = max(worst, ((a - b).norm() / b.norm().clamp_min(1e-30)).item())
 print(worst)
@@ -326,10 +322,10 @@ print(worst)
 
 
 def test_triton_memory_kernels_equal_pytorch_functions():
-    # the GPU's memory kernels (kernels.WriteGPU, ReadGPU: forward and every gradient) against memory_fast's PyTorch
-    # Functions; both rules, a short last segment (n_full = S - 1) with
-    # a memory passed in, segments that are not a multiple of the tile, one gate for all heads, and a memory
-    # whose z is ~1e-9 (the normaliser on its floor: the masks of its gradient)
+    # the GPU's path (kernels.QKVWriteGPU, ReadGPU: RoPE, the memory and the qkv projection's gradient) against the
+    # layer with memory_fast's PyTorch Functions: outputs, state and the gradients of x, every weight, beta and
+    # the memory passed in; both rules, a short last segment, a memory passed in, segments that are not a
+    # multiple of the tile, and a memory whose z is ~1e-9 (the normaliser on its floor: the masks of its gradient)
     assert worst_error_in_triton_interpreter(TRITON_MEMORY_CHECK) < 1e-5
 
 
