@@ -112,7 +112,8 @@ def scan_bwd(W, gM_prev, gM, n_full):
 #   _read_fwd_kernel     rows: y = g sigma(q) M / (sigma(q) z) + (1 - g) y_dot                       q, y_dot -> y
 #   _read_bwd_kernel     rows: dq, dy_dot; dz, dg summed over the chunk                          dy, q, y_dot
 #   _read_dm_kernel      columns: dM = g sigma(Q)^T diag(1 / den) dY                                     q, dy
-#   _write_bwd_kernel    rows: dk, dv (+ the delta rule's terms through W_s)                     k, v -> dk, dv
+#   _write_bwd_kernel    rows: the qkv projection's gradient: the write's dk, dv (+ the delta rule's terms
+#                        through W_s) plus SDPA's gradients through RoPE and the read's dq     k, v, 4 grads -> dqkv
 #   _delta_dz_kernel     rows: the delta rule's gradient of z through W_s, summed over the chunk            k
 # About 16 passes for the linear rule (the read's dM reads q and dy again: fewer registers, no partial sums),
 # and nothing per token saved but y (1.03-1.04x local's peak). The retrieval
@@ -324,10 +325,10 @@ if triton is not None:
 
 def fused_on_gpu(q):
     """Whether memory_fast runs as the Triton kernels: CUDA, bf16 or fp32 (fp16 cannot hold 1 / EPS), a head dim
-    tl.dot takes, and offsets that fit the kernels' int32 arithmetic: q's span (the qkv buffer) and the
-    (B, S, H, D, D) sums."""
+    tl.dot takes, and offsets that fit the kernels' int32 arithmetic: the qkv buffer's span (q's, and k, v H D and
+    2 H D past it) and the (B, S, H, D, D) sums."""
     B, S, H, N, D = q.shape
-    span = 1 + sum((n - 1) * st for n, st in zip(q.shape, q.stride()))
+    span = 1 + sum((n - 1) * st for n, st in zip(q.shape, q.stride())) + 2 * H * D
     return (TRITON_KERNELS and triton is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float32)
             and 16 <= D <= 128 and D & (D - 1) == 0 and max(span, B * S * H * D * D) < 2**31)
 
@@ -335,9 +336,9 @@ def fused_on_gpu(q):
 # per kernel: (rows a tile, warps, pipeline stages, columns a program (column-block kernels: at most D) or rows a
 # program (row-chunk kernels: a multiple of the tile)). The fastest alone on the 300m layer's tensors on an H200
 # (results/issue12/tune_cols.json, tune_rows.json; write_fwd with its one-hot dot: tune_v7.json; write_bwd at 32-row
-# tiles, 127 -> 121 us and no spill: tune_v7_h5.json): a whole segment's
-# columns per program won for every column-block kernel, and 512-1024 rows for the three row-chunk kernels tuned
-# again (not delta_dz).
+# tiles, 127 -> 121 us and no spill: tune_v7_h5.json; write_bwd as the qkv gradient, 329 -> 247 us linear and
+# 408 -> 371 delta: results/issue12/ab_v9_h200/tune_v9_call2.json): a whole segment's columns per program won for
+# every column-block kernel, and 512-1024 rows for the row-chunk kernels tuned again (not delta_dz).
 KERNEL_CFG = dict(write_fwd=(32, 4, 3, 128), delta_w=(32, 8, 3, 128), read_fwd=(32, 8, 1, 512), read_bwd=(32, 4, 3, 1024),
                   read_dm=(32, 8, 3, 128), write_bwd=(32, 4, 2, 1024), write_bwd_delta=(16, 4, 2, 1024),
                   delta_dz=(32, 4, 1, 256))
@@ -455,10 +456,10 @@ class QKVWriteGPU(torch.autograd.Function):
         z_after = z0[:, None] + zs.cumsum(dim=1)
         z_prev = torch.cat([z0[:, None], z_after[:, :-1]], dim=1).contiguous()
         W = _segment_sums(k_, None, eps, z_prev)[0] if delta else dM.new_empty(0)
-        cos, sin = cos.reshape(cos.shape[0], -1).contiguous(), sin.reshape(sin.shape[0], -1).contiguous()
+        assert cos.is_contiguous() and sin.is_contiguous()            # the kernel reads them as (N, D)
         ctx.save_for_backward(qkv, cos, sin, z_prev)
         ctx.delta, ctx.eps = delta, eps
-        return q, v, apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None]), dM, z_after, W
+        return q, v, apply_rope(q, cos, sin), apply_rope(k, cos, sin), dM, z_after, W
 
     @staticmethod
     @torch.autograd.function.once_differentiable

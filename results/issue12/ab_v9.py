@@ -2,7 +2,7 @@
 plus SDPA's gradients through RoPE and the read's dq), so that the memory's dk, dv are neither written nor read back
 by the inductor kernel that assembled that gradient. Measured against the tree before it, in the same process:
     git show 1a18c5b:model.py > results/issue12/model_v8.py; git show 1a18c5b:kernels.py > results/issue12/kernels_v8.py
-    python results/issue12/ab_v9.py OUT_DIR [check] [layer] [train] [stream]
+    python results/issue12/ab_v9.py OUT_DIR [check] [layer] [train] [stream] [stream_profile]
 check: bench.py --mode=check of this tree (float64 reference; eager and compiled); layer: bench.py's layer mode
 (one compiled 300m block, every kernel listed), this tree and the one before; train: bench.py's train mode, local /
 linear / delta of both trees built first, then timed in 5 interleaved rounds, T = 8192 and 32768; stream: bench.py's
@@ -78,9 +78,9 @@ def train(args, out):
         torch.cuda.empty_cache()
 
 
-def stream(args, out, length=131072, rounds=4):
+def stream(args, out, length=131072, rounds=8):
     """bench.py's streaming prefill (eager, batch 1, chunks of 8192 tokens, the memory carried), of the fast path of
-    both trees, taking turns for `rounds` rounds (one prefill of `length` tokens each)."""
+    both trees, taking turns (and going first) for `rounds` rounds (one prefill of `length` tokens each)."""
     import time
     built = {}
     for tree in TREES:
@@ -89,7 +89,7 @@ def stream(args, out, length=131072, rounds=4):
         built[tree] = TREES[tree].Llama(cfg).cuda().eval()
     idx, rows = torch.randint(0, 50257, (1, length), device="cuda"), []
     for r in range(rounds + 1):                                      # round 0: warm-up, not recorded
-        for tree, m in built.items():
+        for tree, m in list(built.items())[::1 if r % 2 else -1]:      # the trees take turns going first
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -100,6 +100,37 @@ def stream(args, out, length=131072, rounds=4):
             if r:
                 rows.append(dict(tree=tree, round=r, length=length, tok_s=round(length / (time.perf_counter() - t0))))
                 print(json.dumps(rows[-1]), flush=True)
+    bench.write_rows(out, rows)
+
+
+def stream_profile(args, out, chunks=4):
+    """Where streaming's time goes in each tree: wall time, CUDA kernel time and kernel launches of `chunks` chunks
+    of prefill (after one chunk of warm-up), and the top kernels."""
+    import time
+    from torch.profiler import ProfilerActivity, profile
+    rows = []
+    idx = torch.randint(0, 50257, (1, args.chunk * (chunks + 1)), device="cuda")
+    for tree in list(TREES) * 2:
+        torch.manual_seed(0)
+        cfg = bench.make_config(args.model, attn="infini", segment=args.segment, fast_memory=True)
+        m = TREES[tree].Llama(cfg).cuda().eval()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            _, _, mem = m(idx[:, :args.chunk], last_only=True)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for i in range(1, chunks + 1):
+                    _, _, mem = m(idx[:, i * args.chunk:(i + 1) * args.chunk], memory=mem, last_only=True)
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        kern = sorted(((e.key, e.device_time_total / chunks, e.count // chunks) for e in prof.key_averages() if e.device_time_total > 0),
+                      key=lambda t: -t[1])
+        rows.append(dict(tree=tree, wall_ms_chunk=round(wall * 1e3 / chunks, 2),
+                         cuda_ms_chunk=round(sum(e.self_device_time_total for e in prof.key_averages()) / 1e3 / chunks, 2),
+                         kernels=[[n[:80], round(us, 1), c] for n, us, c in kern[:40]]))
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "kernels"}), flush=True)
+        del m
+        torch.cuda.empty_cache()
     bench.write_rows(out, rows)
 
 

@@ -18,7 +18,7 @@ def inputs(delta, B=4, S=8, N=1024, H=8, D=128, dt=torch.bfloat16):
     g = torch.Generator("cuda").manual_seed(0)
     r = lambda *s, dtype=dt: torch.randn(*s, device="cuda", dtype=dtype, generator=g)
     qkv = r(B, S, N, 3, H, D)
-    cos, sin = (t.reshape(N, D).contiguous() for t in rope_cos_sin(N, D, 10000.0, "cuda", torch.float32))
+    cos, sin = rope_cos_sin(N, D, 10000.0, "cuda", torch.float32)              # (N, 1, D)
     g_q, g_qr, g_kr, g_v = (r(B, S, N, H, D) for _ in range(4))
     g_dM, g_zs = r(B, S, H, D, D) * 0.01, r(B, S, H, D, dtype=torch.float32) * 0.01
     z_prev = torch.rand(B, S, H, D, device="cuda", generator=g) * 100 + 1
