@@ -331,14 +331,19 @@ class _DeltaScan(torch.autograd.Function):
         return g, gdM, -(gdM @ M_prev.transpose(-1, -2)), None
 
 
+def empty_memory(like, B, H, D):
+    """The memory before the first segment, M_0 = 0 (B, H, D, D) and z_0 = 0 (B, H, D), in the state's dtype."""
+    sd = torch.promote_types(like.dtype, torch.float32)
+    return like.new_zeros(B, H, D, D, dtype=sd), like.new_zeros(B, H, D, dtype=sd)
+
+
 def memory_fast(q, k, v, y_dot, g, update, n_full, memory=None, written=None):
     """compressive_memory + the gate mix of eq. 10, from q, k before sigma: (y (B, S, H, N, D) in y_dot's
     dtype, (M, z)). q, k, v, y_dot (B, S, H, N, D); g broadcastable to (1, 1, H, 1, 1) in the state dtype.
     written: on a CUDA GPU, the write already done by kernels.QKVWriteGPU (dM, z_after, W; k, v unused), and
     the read then runs as kernels.ReadGPU; else the PyTorch Functions."""
     B, S, H, N, D = q.shape
-    sd = torch.promote_types(q.dtype, torch.float32)
-    M0, z0 = memory if memory is not None else (q.new_zeros(B, H, D, D, dtype=sd), q.new_zeros(B, H, D, dtype=sd))
+    M0, z0 = memory if memory is not None else empty_memory(q, B, H, D)
     fused = written is not None
     if fused:
         dM, z_after, W = written
@@ -409,8 +414,8 @@ class Attention(nn.Module):
         if self.cfg.attn == "infini" and self.cfg.fast_memory and kernels.fused_on_gpu(per_head(qkv[:, :, :, 0])):
             # on a GPU: RoPE and the memory's write as one Function, whose backward writes the qkv projection's
             # whole gradient in one kernel (SDPA's gradients through RoPE plus the memory's); the same arithmetic
-            z0 = memory[1] if memory is not None else qkv.new_zeros(B, H, D, dtype=torch.promote_types(qkv.dtype, torch.float32))
-            q, v, q_rot, k_rot, *written = kernels.QKVWriteGPU.apply(qkv, cos, sin, z0, self.cfg.update == "delta", EPS)
+            memory = memory if memory is not None else empty_memory(qkv, B, H, D)    # (made once: the read takes it too)
+            q, v, q_rot, k_rot, *written = kernels.QKVWriteGPU.apply(qkv, cos, sin, memory[1], self.cfg.update == "delta", EPS)
             k = None
         else:
             q, k, v = qkv.unbind(dim=3)                                    # each (B, S, N, H, D)
